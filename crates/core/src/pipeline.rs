@@ -1,0 +1,154 @@
+//! From one received delivery to the [`Message`] its sinks publish: verify, normalize, route,
+//! and attach the relay's headers. Pure: the caller passes the receive time.
+
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use cal_relay_sink::Message;
+use sha2::{Digest, Sha256};
+
+use crate::normalize::{self, NormalizeError, Shape};
+use crate::route::{Route, RouteTable};
+use crate::trigger;
+use crate::verify::{Verifier, VerifyError};
+
+/// Header names the relay sets on every message.
+pub mod headers {
+    pub const TRIGGER: &str = "cal-trigger";
+    pub const WEBHOOK_VERSION: &str = "cal-webhook-version";
+    pub const DELIVERY_ID: &str = "cal-delivery-id";
+    pub const RECEIVED_AT: &str = "cal-received-at";
+    pub const CONTENT_TYPE: &str = "content-type";
+}
+
+/// One webhook endpoint: its name, signature check and destination for template bodies.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub verifier: Verifier,
+    pub template_destination: Option<String>,
+}
+
+/// A delivery as received, before any check.
+#[derive(Debug, Clone)]
+pub struct Inbound<'a> {
+    pub body: Bytes,
+    /// Raw `X-Cal-Signature-256` value.
+    pub signature: Option<&'a [u8]>,
+    pub content_type: Option<&'a str>,
+    /// `X-Cal-Webhook-Version` value.
+    pub webhook_version: Option<&'a str>,
+    pub received_at: SystemTime,
+}
+
+/// A delivery ready to publish: the message and the route that picked its sinks.
+#[derive(Debug)]
+pub struct Prepared<'r> {
+    pub message: Message,
+    pub route: &'r Route,
+    /// Bounded metric label of the trigger.
+    pub trigger_label: &'static str,
+    pub shape: Shape,
+}
+
+/// Why a delivery is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error(transparent)]
+    Signature(#[from] VerifyError),
+    #[error(transparent)]
+    Malformed(#[from] NormalizeError),
+    #[error("the body has no triggerEvent and this source has no template_destination")]
+    NoTemplateDestination,
+    #[error("no route matches trigger {0}")]
+    NoRoute(String),
+}
+
+impl Rejection {
+    /// Stable snake_case reason for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Signature(e) => e.reason(),
+            Rejection::Malformed(NormalizeError::Empty) => "empty_body",
+            Rejection::Malformed(NormalizeError::InvalidTrigger) => "invalid_trigger",
+            Rejection::Malformed(NormalizeError::Wrap(_)) => "malformed",
+            Rejection::NoTemplateDestination => "no_trigger",
+            Rejection::NoRoute(_) => "no_route",
+        }
+    }
+}
+
+/// SHA-256 hex of the raw body: identical retries get the same id.
+pub fn delivery_id(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
+impl Source {
+    /// Verify, normalize and route `inbound`.
+    pub fn prepare<'r>(
+        &self,
+        routes: &'r RouteTable,
+        inbound: Inbound<'_>,
+    ) -> Result<Prepared<'r>, Rejection> {
+        self.verifier.verify(inbound.signature, &inbound.body)?;
+        let id = delivery_id(&inbound.body);
+        let normalized =
+            normalize::normalize(inbound.body, inbound.content_type, inbound.received_at)?;
+
+        let (route, trigger_label, destination) = match &normalized.trigger {
+            Some(t) => {
+                let route = routes
+                    .find(t)
+                    .ok_or_else(|| Rejection::NoRoute(t.clone()))?;
+                let destination = route
+                    .destination
+                    .clone()
+                    .unwrap_or_else(|| trigger::default_destination(t));
+                (route, trigger::label(t), destination)
+            }
+            None => {
+                let destination = self
+                    .template_destination
+                    .clone()
+                    .ok_or(Rejection::NoTemplateDestination)?;
+                let route = routes
+                    .find(trigger::TEMPLATE)
+                    .ok_or_else(|| Rejection::NoRoute(trigger::TEMPLATE.to_owned()))?;
+                (route, trigger::TEMPLATE_LABEL, destination)
+            }
+        };
+
+        let mut hdrs = Vec::with_capacity(5);
+        if let Some(t) = &normalized.trigger {
+            hdrs.push((Cow::Borrowed(headers::TRIGGER), t.clone()));
+        }
+        if let Some(v) = inbound.webhook_version {
+            hdrs.push((Cow::Borrowed(headers::WEBHOOK_VERSION), v.to_owned()));
+        }
+        hdrs.push((Cow::Borrowed(headers::DELIVERY_ID), id.clone()));
+        hdrs.push((
+            Cow::Borrowed(headers::RECEIVED_AT),
+            humantime::format_rfc3339_millis(inbound.received_at).to_string(),
+        ));
+        hdrs.push((
+            Cow::Borrowed(headers::CONTENT_TYPE),
+            normalized.content_type.clone(),
+        ));
+
+        Ok(Prepared {
+            message: Message {
+                id,
+                destination,
+                key: normalized.key,
+                headers: hdrs,
+                content_type: normalized.content_type,
+                body: normalized.body,
+                received_at: inbound.received_at,
+            },
+            route,
+            trigger_label,
+            shape: normalized.shape,
+        })
+    }
+}

@@ -1,0 +1,187 @@
+//! `X-Cal-Signature-256`: lowercase hex HMAC-SHA256 of the exact body bytes, keyed with the
+//! webhook secret. Either hex case and an optional `sha256=` prefix are accepted; comparison is
+//! constant-time; several secrets may be configured so a secret can be rotated without downtime.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The header value Cal.com sends when the webhook has no secret.
+pub const NO_SECRET_PROVIDED: &str = "no-secret-provided";
+
+/// Why a delivery's signature was not accepted. Each variant has a stable `reason` label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the X-Cal-Signature-256 header is missing")]
+    Missing,
+    #[error("the delivery is unsigned (X-Cal-Signature-256: no-secret-provided); set the webhook's secret in Cal.com, the Test button signs with the secret typed in the form")]
+    NoSecretProvided,
+    #[error("the X-Cal-Signature-256 header is not a hex SHA-256 HMAC")]
+    Malformed,
+    #[error("the signature does not match any configured secret")]
+    Mismatch,
+}
+
+impl VerifyError {
+    /// Stable snake_case reason for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::Missing => "missing_signature",
+            VerifyError::NoSecretProvided => "unsigned",
+            VerifyError::Malformed => "malformed_signature",
+            VerifyError::Mismatch => "bad_signature",
+        }
+    }
+}
+
+/// Checks signatures for one source. Keys are prepared once; `verify` only clones them.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Vec<HmacSha256>,
+    allow_unsigned: bool,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("secrets", &self.keys.len())
+            .field("allow_unsigned", &self.allow_unsigned)
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// A verifier accepting a signature made with any of `secrets`. With `allow_unsigned`,
+    /// deliveries without a signature (missing header or `no-secret-provided`) pass too; a
+    /// present but wrong signature never does.
+    pub fn new<S: AsRef<[u8]>>(secrets: &[S], allow_unsigned: bool) -> Self {
+        let keys = secrets
+            .iter()
+            .filter_map(|s| HmacSha256::new_from_slice(s.as_ref()).ok())
+            .collect();
+        Verifier {
+            keys,
+            allow_unsigned,
+        }
+    }
+
+    /// Number of configured secrets.
+    pub fn secret_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Check `header` (the raw `X-Cal-Signature-256` value, if any) against `body`.
+    pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> Result<(), VerifyError> {
+        let Some(raw) = header else {
+            return if self.allow_unsigned {
+                Ok(())
+            } else {
+                Err(VerifyError::Missing)
+            };
+        };
+        let value = raw.trim_ascii();
+        if value.eq_ignore_ascii_case(NO_SECRET_PROVIDED.as_bytes()) {
+            return if self.allow_unsigned {
+                Ok(())
+            } else {
+                Err(VerifyError::NoSecretProvided)
+            };
+        }
+        let hex_part = strip_prefix_ignore_case(value, b"sha256=").unwrap_or(value);
+        let mut signature = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut signature).map_err(|_| VerifyError::Malformed)?;
+        if self.keys.is_empty() {
+            // Unsigned deliveries are allowed and there is nothing to check against.
+            return Ok(());
+        }
+        // Check every key (no early exit) so timing does not tell which one matched.
+        let mut matched = false;
+        for key in &self.keys {
+            let mut mac = key.clone();
+            mac.update(body);
+            matched |= mac.verify_slice(&signature).is_ok();
+        }
+        if matched {
+            Ok(())
+        } else {
+            Err(VerifyError::Mismatch)
+        }
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    if value.len() >= prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        Some(&value[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+/// The `X-Cal-Signature-256` value Cal.com would send for `body` signed with `secret`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    // HMAC takes keys of any length: `new_from_slice` never fails for it.
+    match HmacSha256::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(body);
+            hex::encode(mac.finalize().into_bytes())
+        }
+        Err(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "fixture-secret-2021-10-20";
+
+    #[test]
+    fn accepts_either_case_and_prefix() {
+        let body = br#"{"triggerEvent":"PING"}"#;
+        let sig = sign(SECRET.as_bytes(), body);
+        let v = Verifier::new(&[SECRET], false);
+        assert_eq!(v.verify(Some(sig.as_bytes()), body), Ok(()));
+        assert_eq!(v.verify(Some(sig.to_uppercase().as_bytes()), body), Ok(()));
+        let prefixed = format!("sha256={sig}");
+        assert_eq!(v.verify(Some(prefixed.as_bytes()), body), Ok(()));
+    }
+
+    #[test]
+    fn any_secret_may_match() {
+        let body = b"{}";
+        let v = Verifier::new(&["new", "old"], false);
+        assert_eq!(v.verify(Some(sign(b"old", body).as_bytes()), body), Ok(()));
+        assert_eq!(v.verify(Some(sign(b"new", body).as_bytes()), body), Ok(()));
+        assert_eq!(
+            v.verify(Some(sign(b"other", body).as_bytes()), body),
+            Err(VerifyError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn unsigned_needs_opt_in() {
+        let strict = Verifier::new(&["s"], false);
+        assert_eq!(strict.verify(None, b"{}"), Err(VerifyError::Missing));
+        assert_eq!(
+            strict.verify(Some(b"no-secret-provided"), b"{}"),
+            Err(VerifyError::NoSecretProvided)
+        );
+        let lax = Verifier::new(&["s"], true);
+        assert_eq!(lax.verify(None, b"{}"), Ok(()));
+        assert_eq!(lax.verify(Some(b"no-secret-provided"), b"{}"), Ok(()));
+        // A signature that is present but wrong is never accepted.
+        assert_eq!(
+            lax.verify(Some(sign(b"x", b"{}").as_bytes()), b"{}"),
+            Err(VerifyError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn malformed_headers() {
+        let v = Verifier::new(&["s"], false);
+        assert_eq!(v.verify(Some(b"zz"), b"{}"), Err(VerifyError::Malformed));
+        assert_eq!(v.verify(Some(b"abcd"), b"{}"), Err(VerifyError::Malformed));
+        assert_eq!(v.verify(Some(b""), b"{}"), Err(VerifyError::Malformed));
+    }
+}
