@@ -13,4 +13,4 @@ pub mod verify;
 pub use normalize::{normalize, NormalizeError, Normalized, Shape};
 pub use pipeline::{Inbound, Prepared, Rejection, Source};
 pub use route::{Route, RouteError, RouteTable};
-pub use verify::{sign, VerifyError, Verifier};
+pub use verify::{sign, Verifier, VerifyError};

@@ -408,8 +408,14 @@ mod tests {
             let body = format!(r#"{{"triggerEvent":"X","payload":{p}}}"#);
             normalize(Bytes::from(body), None, at()).unwrap().key
         };
-        assert_eq!(n(r#"{"formId":"f","bookingUid":"b"}"#).as_deref(), Some("b"));
-        assert_eq!(n(r#"{"oooEntry":{"id":1,"uuid":"o"},"formId":"f"}"#).as_deref(), Some("o"));
+        assert_eq!(
+            n(r#"{"formId":"f","bookingUid":"b"}"#).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            n(r#"{"oooEntry":{"id":1,"uuid":"o"},"formId":"f"}"#).as_deref(),
+            Some("o")
+        );
         assert_eq!(n(r#"{"formId":"f","uid":"u"}"#).as_deref(), Some("u"));
         assert_eq!(n(r#"{"uid":5,"title":"t"}"#), None);
     }

@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn naming_rule() {
-        assert_eq!(default_destination("BOOKING_CREATED"), "cal.booking.created");
+        assert_eq!(
+            default_destination("BOOKING_CREATED"),
+            "cal.booking.created"
+        );
         assert_eq!(
             default_destination("BOOKING_NO_SHOW_UPDATED"),
             "cal.booking.no_show_updated"

@@ -93,9 +93,18 @@ fn every_fixture_normalizes_as_the_manifest_says() {
 fn expected_key(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     v.get("triggerEvent")?;
-    let p = if v["payload"].is_object() { &v["payload"] } else { &v };
-    let key = [&p["uid"], &p["bookingUid"], &p["oooEntry"]["uuid"], &p["formId"]]
-        .into_iter()
-        .find_map(|k| k.as_str().map(str::to_owned));
+    let p = if v["payload"].is_object() {
+        &v["payload"]
+    } else {
+        &v
+    };
+    let key = [
+        &p["uid"],
+        &p["bookingUid"],
+        &p["oooEntry"]["uuid"],
+        &p["formId"],
+    ]
+    .into_iter()
+    .find_map(|k| k.as_str().map(str::to_owned));
     key
 }

@@ -1,0 +1,350 @@
+//! Handling one request: dispatch by path, read the body within limits, run the core pipeline,
+//! publish to the route's sinks, answer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use cal_relay_core::{Inbound, Prepared, Rejection, RouteTable, Source};
+use cal_relay_sink::{Sink, SinkError};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::metrics::Metrics;
+use crate::respond::{self, Body};
+
+/// Label of requests that match no source.
+const NO_SOURCE: &str = "none";
+
+/// A source mounted on a path.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub path: String,
+    pub source: Source,
+}
+
+/// Why the relay cannot be assembled from its parts.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("routes[{route}] names sink {sink:?}, which is not configured")]
+    UnknownSink { route: usize, sink: String },
+    #[error("two sources share the path {0:?}")]
+    DuplicatePath(String),
+    #[error("source path {0:?} must start with '/' and not be /metrics, /healthz or /readyz")]
+    BadPath(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Everything a request needs: sources by path, routes, sinks by name, metrics, limits.
+pub struct Relay {
+    sources: HashMap<String, Source>,
+    routes: RouteTable,
+    sinks: BTreeMap<String, Arc<dyn Sink>>,
+    metrics: Metrics,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
+}
+
+impl Relay {
+    pub fn new(
+        endpoints: Vec<Endpoint>,
+        routes: RouteTable,
+        sinks: BTreeMap<String, Arc<dyn Sink>>,
+        max_body_bytes: usize,
+        body_read_timeout: Duration,
+    ) -> Result<Relay, BuildError> {
+        for (i, route) in routes.routes().iter().enumerate() {
+            if let Some(missing) = route.sinks.iter().find(|s| !sinks.contains_key(*s)) {
+                return Err(BuildError::UnknownSink {
+                    route: i,
+                    sink: missing.clone(),
+                });
+            }
+        }
+        let mut sources = HashMap::new();
+        for Endpoint { path, source } in endpoints {
+            if !path.starts_with('/')
+                || matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz")
+            {
+                return Err(BuildError::BadPath(path));
+            }
+            if sources.insert(path.clone(), source).is_some() {
+                return Err(BuildError::DuplicatePath(path));
+            }
+        }
+        Ok(Relay {
+            sources,
+            routes,
+            sinks,
+            metrics: Metrics::new()?,
+            max_body_bytes,
+            body_read_timeout,
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn sinks(&self) -> &BTreeMap<String, Arc<dyn Sink>> {
+        &self.sinks
+    }
+
+    /// Answer one request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let response = match req.uri().path() {
+            "/metrics" => self.get_only(&req, || {
+                let mut r = respond::json(StatusCode::OK, self.metrics.encode());
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }),
+            "/healthz" => {
+                self.get_only(&req, || respond::json(StatusCode::OK, r#"{"status":"ok"}"#))
+            }
+            "/readyz" => self.get_only(&req, || self.readiness()),
+            path => match self.sources.get(path) {
+                Some(source) if req.method() == Method::POST => self.deliver(source, req).await,
+                Some(source) => {
+                    self.reject(&source.name, "method_not_allowed");
+                    tracing::info!(source = %source.name, method = %req.method(), status = 405, "rejected");
+                    with_allow(
+                        respond::error(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "method_not_allowed",
+                            "deliveries are POSTed",
+                        ),
+                        "POST",
+                    )
+                }
+                None => {
+                    self.reject(NO_SOURCE, "not_found");
+                    tracing::info!(path = %truncate(path, 128), status = 404, "rejected");
+                    respond::error(StatusCode::NOT_FOUND, "not_found", "no source at this path")
+                }
+            },
+        };
+        self.metrics.in_flight.dec();
+        self.metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    fn get_only(
+        &self,
+        req: &Request<Incoming>,
+        answer: impl FnOnce() -> Response<Body>,
+    ) -> Response<Body> {
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            answer()
+        } else {
+            self.reject(NO_SOURCE, "method_not_allowed");
+            with_allow(
+                respond::error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "use GET",
+                ),
+                "GET, HEAD",
+            )
+        }
+    }
+
+    fn readiness(&self) -> Response<Body> {
+        let not_ready: Vec<&str> = self
+            .sinks
+            .iter()
+            .filter(|(_, s)| !s.ready())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if not_ready.is_empty() {
+            respond::json(StatusCode::OK, r#"{"status":"ready"}"#)
+        } else {
+            let body = serde_json::json!({ "status": "not_ready", "sinks": not_ready });
+            respond::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+        }
+    }
+
+    fn reject(&self, source: &str, reason: &str) {
+        self.metrics
+            .rejected
+            .with_label_values(&[source, reason])
+            .inc();
+    }
+
+    async fn deliver(&self, source: &Source, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        self.metrics
+            .received
+            .with_label_values(&[source.name.as_str()])
+            .inc();
+        let (parts, body) = req.into_parts();
+        let body = match self.read_body(&parts.headers, body).await {
+            Ok(body) => body,
+            Err((status, reason, message)) => {
+                self.reject(&source.name, reason);
+                tracing::info!(source = %source.name, status = status.as_u16(), reason, "rejected");
+                return respond::error(status, reason, message);
+            }
+        };
+        let header = |name: &str| parts.headers.get(name).map(HeaderValue::as_bytes);
+        let text = |name: &str| header(name).and_then(|v| std::str::from_utf8(v).ok());
+        let inbound = Inbound {
+            body,
+            signature: header("x-cal-signature-256"),
+            content_type: text("content-type"),
+            webhook_version: text("x-cal-webhook-version"),
+            received_at: SystemTime::now(),
+        };
+        let prepared = match source.prepare(&self.routes, inbound) {
+            Ok(p) => p,
+            Err(rejection) => return self.refuse(source, &rejection),
+        };
+        let failures = self.publish(&prepared).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let message = &prepared.message;
+        if failures.is_empty() {
+            tracing::info!(
+                source = %source.name,
+                trigger = prepared.trigger_label,
+                delivery_id = %message.id,
+                destination = %message.destination,
+                sinks = ?prepared.route.sinks,
+                status = 200,
+                latency_ms,
+                "delivered"
+            );
+            respond::accepted(&message.id)
+        } else {
+            tracing::warn!(
+                source = %source.name,
+                trigger = prepared.trigger_label,
+                delivery_id = %message.id,
+                destination = %message.destination,
+                status = 503,
+                latency_ms,
+                failures = ?failures.iter().map(|(s, e)| format!("{s}: {e}")).collect::<Vec<_>>(),
+                "publish failed"
+            );
+            let sinks: Vec<_> = failures
+                .iter()
+                .map(|(sink, e)| serde_json::json!({ "sink": sink, "reason": e.reason, "message": e.detail }))
+                .collect();
+            let body = serde_json::json!({
+                "error": "publish_failed",
+                "message": "a sink did not confirm the message; retry later",
+                "deliveryId": message.id,
+                "sinks": sinks,
+            });
+            respond::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+        }
+    }
+
+    /// Read the whole body, refusing past `max_body_bytes` or `body_read_timeout`.
+    async fn read_body(
+        &self,
+        headers: &hyper::HeaderMap,
+        body: Incoming,
+    ) -> Result<Bytes, (StatusCode, &'static str, &'static str)> {
+        const TOO_LARGE: (StatusCode, &str, &str) = (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the body exceeds server.max_body_bytes",
+        );
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return Err(TOO_LARGE);
+        }
+        let limited = Limited::new(body, self.max_body_bytes);
+        match tokio::time::timeout(self.body_read_timeout, limited.collect()).await {
+            Err(_) => Err((
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body was not received in time",
+            )),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => Err(TOO_LARGE),
+            Ok(Err(_)) => Err((
+                StatusCode::BAD_REQUEST,
+                "body_read",
+                "the body could not be read",
+            )),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        }
+    }
+
+    fn refuse(&self, source: &Source, rejection: &Rejection) -> Response<Body> {
+        let status = match rejection {
+            Rejection::Signature(_) => StatusCode::UNAUTHORIZED,
+            Rejection::Malformed(_) | Rejection::NoTemplateDestination => StatusCode::BAD_REQUEST,
+            Rejection::NoRoute(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let reason = rejection.reason();
+        self.reject(&source.name, reason);
+        tracing::info!(source = %source.name, status = status.as_u16(), reason, "rejected");
+        respond::error(status, reason, &rejection.to_string())
+    }
+
+    /// Publish to every sink of the route at once; the failures, by sink name.
+    async fn publish<'a>(&'a self, prepared: &Prepared<'a>) -> Vec<(&'a str, SinkError)> {
+        let jobs = prepared.route.sinks.iter().filter_map(|name| {
+            let (name, sink) = self.sinks.get_key_value(name)?;
+            Some(async move {
+                let started = Instant::now();
+                let result = sink.publish(&prepared.message).await;
+                self.metrics
+                    .publish_duration
+                    .with_label_values(&[name.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                match &result {
+                    Ok(()) => self
+                        .metrics
+                        .published
+                        .with_label_values(&[name.as_str(), prepared.trigger_label])
+                        .inc(),
+                    Err(e) => self
+                        .metrics
+                        .publish_errors
+                        .with_label_values(&[name.as_str(), prepared.trigger_label, e.reason])
+                        .inc(),
+                }
+                (name.as_str(), result)
+            })
+        });
+        futures_util::future::join_all(jobs)
+            .await
+            .into_iter()
+            .filter_map(|(name, r)| r.err().map(|e| (name, e)))
+            .collect()
+    }
+
+    /// Flush and close every sink.
+    pub async fn shutdown_sinks(&self) {
+        futures_util::future::join_all(self.sinks.values().map(|s| s.shutdown())).await;
+    }
+}
+
+fn with_allow(mut response: Response<Body>, allow: &'static str) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a warm one: installs what is missing (apt packages,
+# tansu), starts real brokers on loopback, runs every test, stops the brokers.
+# Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+echo "== toolchain: $(cargo --version)"
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests"
+mkdir -p target
+set +e
+cargo test --workspace --all-targets --locked "$@" 2>&1 | tee target/test-output.log
+rc=${PIPESTATUS[0]}
+set -e
+# One closing summary for the whole run.
+awk '/^test result:/ { split($0, a, /[ .;]+/); for (i in a) { if (a[i]=="passed") p+=a[i-1]; if (a[i]=="failed") f+=a[i-1]; if (a[i]=="ignored") s+=a[i-1] } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.log
+exit "$rc"

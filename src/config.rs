@@ -1,0 +1,349 @@
+//! Configuration: built-in defaults < TOML file < `CAL_RELAY_*` environment (`__` for nesting),
+//! then validation into the parts the relay is built from. Errors name the offending key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use cal_relay_core::{Route, RouteTable, Source, Verifier};
+use cal_relay_server::{Endpoint, ServerConfig};
+use cal_relay_sink_file::FileSinkConfig;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// The shipped example, used when no `--config` is given and `config/cal-relay.toml` is absent.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/cal-relay.toml");
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `cal_relay=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[[sources]]`: one webhook endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub path: String,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// File with one secret per line (blank lines and `#` comments skipped).
+    #[serde(default)]
+    pub secrets_file: Option<PathBuf>,
+    /// Name of an environment variable holding comma-separated secrets, read verbatim.
+    #[serde(default)]
+    pub secrets_env: Option<String>,
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    #[serde(default)]
+    pub template_destination: Option<String>,
+}
+
+/// `[sinks.NAME]`, chosen by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    File(FileSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::File(_) => "file",
+        }
+    }
+
+    /// What `check-config` prints about the sink (never credentials).
+    pub fn describe(&self) -> String {
+        match self {
+            SinkConfig::File(c) => format!("path={}", c.path),
+        }
+    }
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub triggers: Vec<String>,
+    pub sinks: Vec<String>,
+    #[serde(default)]
+    pub destination: Option<String>,
+}
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Load from `path` (or the embedded default when `path` is `None`), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let figment = match path {
+            Some(p) => {
+                if !p.is_file() {
+                    return Err(invalid(
+                        "--config",
+                        format!("{} is not a file", p.display()),
+                    ));
+                }
+                Figment::new().merge(Toml::file_exact(p))
+            }
+            None => Figment::new().merge(Toml::string(EMBEDDED_DEFAULT)),
+        };
+        let config: Config = figment
+            .merge(Env::prefixed("CAL_RELAY_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks beyond the types: names, references, secrets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080",
+                    self.server.listen
+                ),
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        }
+        if self.sources.is_empty() {
+            return Err(invalid("sources", "at least one [[sources]] is needed"));
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.name.trim().is_empty() {
+                return Err(invalid(format!("sources[{i}].name"), "must not be empty"));
+            }
+            if s.template_destination
+                .as_deref()
+                .is_some_and(|d| d.trim().is_empty())
+            {
+                return Err(invalid(
+                    format!("sources[{i}].template_destination"),
+                    "must not be empty",
+                ));
+            }
+            let secrets = self.secrets_of(i)?;
+            if secrets.is_empty() && !s.allow_unsigned {
+                return Err(invalid(
+                    format!("sources[{i}].secrets"),
+                    "no secret configured: set secrets, secrets_file or secrets_env, or allow_unsigned = true",
+                ));
+            }
+        }
+        if self.sinks.is_empty() {
+            return Err(invalid("sinks", "at least one [sinks.NAME] is needed"));
+        }
+        if self.routes.is_empty() {
+            return Err(invalid("routes", "at least one [[routes]] is needed"));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            for s in &r.sinks {
+                if !self.sinks.contains_key(s) {
+                    return Err(invalid(
+                        format!("routes[{i}].sinks"),
+                        format!(
+                            "no sink named {s:?} (configured: {:?})",
+                            self.sinks.keys().collect::<Vec<_>>()
+                        ),
+                    ));
+                }
+            }
+        }
+        self.route_table()?;
+        Ok(())
+    }
+
+    /// Every secret of source `i`: inline, from its file, from its environment variable.
+    pub fn secrets_of(&self, i: usize) -> Result<Vec<String>, ConfigError> {
+        let s = &self.sources[i];
+        let mut secrets: Vec<String> = s
+            .secrets
+            .iter()
+            .filter(|x| !x.is_empty())
+            .cloned()
+            .collect();
+        if let Some(file) = &s.secrets_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                invalid(
+                    format!("sources[{i}].secrets_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            secrets.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        if let Some(var) = &s.secrets_env {
+            let value = std::env::var(var).map_err(|_| {
+                invalid(
+                    format!("sources[{i}].secrets_env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
+            secrets.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        Ok(secrets)
+    }
+
+    /// The sources, mounted on their paths.
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>, ConfigError> {
+        (0..self.sources.len())
+            .map(|i| {
+                let s = &self.sources[i];
+                let secrets = self.secrets_of(i)?;
+                Ok(Endpoint {
+                    path: s.path.clone(),
+                    source: Source {
+                        name: s.name.clone(),
+                        verifier: Verifier::new(&secrets, s.allow_unsigned),
+                        template_destination: s.template_destination.clone(),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    pub fn route_table(&self) -> Result<RouteTable, ConfigError> {
+        let routes = self
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Route::new(i, &r.triggers, r.sinks.clone(), r.destination.clone())
+                    .map_err(|e| invalid(format!("routes[{i}]"), e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(RouteTable::new(routes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::new()
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    const MINIMAL: &str = r#"
+        [[sources]]
+        name = "cal"
+        path = "/webhooks/cal"
+        secrets = ["s"]
+        [sinks.local]
+        type = "file"
+        path = "-"
+        [[routes]]
+        triggers = ["*"]
+        sinks = ["local"]
+    "#;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        parse(EMBEDDED_DEFAULT).unwrap();
+    }
+
+    #[test]
+    fn minimal_uses_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.server.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let no_secret = MINIMAL.replace("secrets = [\"s\"]", "");
+        let e = parse(&no_secret).unwrap_err().to_string();
+        assert!(e.starts_with("sources[0].secrets"), "{e}");
+
+        let bad_sink = MINIMAL.replace("sinks = [\"local\"]", "sinks = [\"kafka\"]");
+        let e = parse(&bad_sink).unwrap_err().to_string();
+        assert!(e.starts_with("routes[0].sinks"), "{e}");
+
+        let bad_type = format!("{MINIMAL}\n[server]\nmax_body_bytes = \"big\"");
+        let e = parse(&bad_type).unwrap_err().to_string();
+        assert!(e.contains("max_body_bytes"), "{e}");
+
+        let unknown = format!("{MINIMAL}\n[server]\nlisten_on = \"x\"");
+        let e = parse(&unknown).unwrap_err().to_string();
+        assert!(e.contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn secrets_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secrets");
+        std::fs::write(&file, "# rotated 2026\n0123\n\nold\n").unwrap();
+        let toml = MINIMAL.replace(
+            "secrets = [\"s\"]",
+            &format!("secrets_file = {:?}", file.display().to_string()),
+        );
+        let c = parse(&toml).unwrap();
+        assert_eq!(c.secrets_of(0).unwrap(), ["0123", "old"]);
+    }
+}

@@ -1,0 +1,290 @@
+//! The `cal-relay` command: runs the relay (`serve`), checks a configuration (`check-config`),
+//! sends a test delivery as Cal.com would (`send`), and checks a signature (`verify`). It wires
+//! the configuration to the sink, server and core crates; the relay's logic lives there.
+
+mod config;
+mod samples;
+mod send;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cal_relay_server::Relay;
+use cal_relay_sink::Sink;
+use clap::{Parser, Subcommand};
+use config::{Config, SinkConfig};
+
+/// Default configuration path, relative to the working directory.
+const DEFAULT_CONFIG: &str = "config/cal-relay.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "cal-relay",
+    version,
+    about = "Relay Cal.com webhooks into Kafka, AMQP and NATS"
+)]
+struct Cli {
+    /// Configuration file [default: config/cal-relay.toml, else the built-in default]
+    #[arg(long, short, global = true, env = "CAL_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve,
+    /// Validate the configuration and print the effective routes (secrets redacted).
+    CheckConfig,
+    /// POST a delivery as Cal.com would: a file, or a built-in sample for --trigger.
+    Send {
+        /// Where to send, e.g. http://127.0.0.1:8080/webhooks/cal
+        #[arg(long)]
+        url: String,
+        /// Webhook secret to sign with; without it the header says `no-secret-provided`.
+        #[arg(long, env = "CAL_RELAY_SEND_SECRET")]
+        secret: Option<String>,
+        /// Send the built-in sample of this trigger.
+        #[arg(long, conflicts_with = "file")]
+        trigger: Option<String>,
+        /// Content-Type to send.
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        /// X-Cal-Webhook-Version to send (empty to omit).
+        #[arg(long, default_value = "2021-10-20")]
+        webhook_version: String,
+        /// A body file to send byte for byte.
+        #[arg(required_unless_present = "trigger")]
+        file: Option<PathBuf>,
+    },
+    /// Check an X-Cal-Signature-256 value against a body file.
+    Verify {
+        #[arg(long)]
+        secret: String,
+        #[arg(long)]
+        signature: String,
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve => {
+            let config = load(cli.config.as_deref())?;
+            init_logging(&config);
+            serve(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => {
+            let config = load(cli.config.as_deref())?;
+            print_config(&config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            url,
+            secret,
+            trigger,
+            content_type,
+            webhook_version,
+            file,
+        } => {
+            let body = match (&trigger, &file) {
+                (Some(t), _) => samples::body(t),
+                (None, Some(f)) => {
+                    std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?
+                }
+                (None, None) => anyhow::bail!("give a FILE or --trigger"),
+            };
+            let (status, answer) = send::send(send::Delivery {
+                url,
+                secret,
+                body,
+                content_type,
+                webhook_version: Some(webhook_version).filter(|v| !v.is_empty()),
+            })
+            .await?;
+            println!("{status} {answer}");
+            Ok(if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Verify {
+            secret,
+            signature,
+            file,
+        } => {
+            let body =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let verifier = cal_relay_core::Verifier::new(&[secret], false);
+            match verifier.verify(Some(signature.as_bytes()), &body) {
+                Ok(()) => {
+                    println!("valid");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("invalid: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+/// The configuration from `path`, else `config/cal-relay.toml`, else the built-in default.
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let default = Path::new(DEFAULT_CONFIG);
+    let path = path.or_else(|| default.is_file().then_some(default));
+    Config::load(path).context("invalid configuration")
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn build_sinks(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<dyn Sink>>> {
+    let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
+    for (name, sink) in &config.sinks {
+        let built: Arc<dyn Sink> = match sink {
+            SinkConfig::File(c) => Arc::new(c.build().with_context(|| format!("sinks.{name}"))?),
+        };
+        sinks.insert(name.clone(), built);
+    }
+    Ok(sinks)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let sinks = build_sinks(&config).await?;
+    let relay = Relay::new(
+        config.endpoints()?,
+        config.route_table()?,
+        sinks,
+        config.server.max_body_bytes,
+        Duration::from_millis(config.server.body_read_timeout_ms),
+    )?;
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        listen = %addr,
+        sources = config.sources.len(),
+        sinks = ?config.sinks.keys().collect::<Vec<_>>(),
+        "cal-relay listening"
+    );
+    cal_relay_server::serve(listener, Arc::new(relay), &config.server, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn print_config(config: &Config) -> anyhow::Result<()> {
+    println!("configuration is valid");
+    println!("listen: {}", config.server.listen);
+    println!("sources:");
+    for (i, s) in config.sources.iter().enumerate() {
+        let secrets = config.secrets_of(i)?.len();
+        println!(
+            "  {} at {}: {} secret(s) [redacted], allow_unsigned={}, template_destination={}",
+            s.name,
+            s.path,
+            secrets,
+            s.allow_unsigned,
+            s.template_destination.as_deref().unwrap_or("(none: 400)")
+        );
+    }
+    println!("sinks:");
+    for (name, sink) in &config.sinks {
+        println!("  {name}: {} {}", sink.kind(), sink.describe());
+    }
+    println!("routes (first match wins):");
+    for r in &config.routes {
+        println!(
+            "  {} -> {} destination={}",
+            r.triggers.join(","),
+            r.sinks.join(","),
+            r.destination.as_deref().unwrap_or("(naming rule)")
+        );
+    }
+    let table = config.route_table()?;
+    println!("effective routing of known triggers:");
+    let templates = std::iter::once(cal_relay_core::trigger::TEMPLATE);
+    for t in cal_relay_core::trigger::KNOWN
+        .iter()
+        .copied()
+        .chain(templates)
+    {
+        match table.find(t) {
+            Some(route) => {
+                let dest = match (&route.destination, t) {
+                    (_, cal_relay_core::trigger::TEMPLATE) => {
+                        "(source template_destination)".into()
+                    }
+                    (Some(d), _) => d.clone(),
+                    (None, _) => cal_relay_core::trigger::default_destination(t),
+                };
+                println!("  {t:<46} {dest:<34} -> {}", route.sinks.join(","));
+            }
+            None => println!("  {t:<46} (no route: 422)"),
+        }
+    }
+    Ok(())
+}

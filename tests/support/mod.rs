@@ -1,0 +1,335 @@
+//! Shared helpers of the end-to-end tests: start the real `cal-relay` binary on a free port with
+//! a given configuration, send deliveries over HTTP, read fixtures and metrics.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use sha2::Digest;
+use tokio::net::TcpStream;
+
+/// Secret the fixtures are signed with.
+pub fn fixture_secret() -> String {
+    manifest()["secret"].as_str().unwrap().to_owned()
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("CAL_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/deliveries")
+        })
+}
+
+pub fn manifest() -> Value {
+    let path = fixtures_dir().join("manifest.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("fixtures needed at {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// One fixture delivery: manifest entry and exact body bytes.
+pub struct Fixture {
+    pub meta: Value,
+    pub body: Vec<u8>,
+}
+
+impl Fixture {
+    pub fn file(&self) -> &str {
+        self.meta["file"].as_str().unwrap()
+    }
+    pub fn trigger(&self) -> Option<&str> {
+        self.meta["trigger"].as_str()
+    }
+    pub fn content_type(&self) -> &str {
+        self.meta["content_type"].as_str().unwrap()
+    }
+    pub fn signature(&self) -> &str {
+        self.meta["x_cal_signature_256"].as_str().unwrap()
+    }
+    pub fn delivery_id(&self) -> &str {
+        self.meta["sha256"].as_str().unwrap()
+    }
+    pub fn is_flat(&self) -> bool {
+        self.meta["flat"].as_bool().unwrap_or(false)
+    }
+    pub fn is_template(&self) -> bool {
+        self.trigger().is_none()
+    }
+    /// The partition key by the relay's rule: payload (root when flat) `uid`, `bookingUid`,
+    /// `oooEntry.uuid`, `formId`.
+    pub fn expected_key(&self) -> Option<String> {
+        if self.is_template() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&self.body).ok()?;
+        let p = if v["payload"].is_object() {
+            &v["payload"]
+        } else {
+            &v
+        };
+        let key = [
+            &p["uid"],
+            &p["bookingUid"],
+            &p["oooEntry"]["uuid"],
+            &p["formId"],
+        ]
+        .into_iter()
+        .find_map(|k| k.as_str().map(str::to_owned));
+        key
+    }
+    /// Default destination by the naming rule.
+    pub fn expected_destination(&self, template_destination: &str) -> String {
+        match self.trigger() {
+            None => template_destination.to_owned(),
+            Some(t) => {
+                let lower = t.to_ascii_lowercase();
+                match lower.split_once('_') {
+                    Some((a, b)) => format!("cal.{a}.{b}"),
+                    None => format!("cal.{lower}"),
+                }
+            }
+        }
+    }
+}
+
+pub fn fixtures() -> Vec<Fixture> {
+    let m = manifest();
+    m["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|meta| Fixture {
+            body: std::fs::read(fixtures_dir().join(meta["file"].as_str().unwrap())).unwrap(),
+            meta: meta.clone(),
+        })
+        .collect()
+}
+
+pub fn sha256_hex(body: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(body))
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running relay process; killed on drop.
+pub struct RelayProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+impl RelayProcess {
+    /// Write `config` (with `{listen}` and `{dir}` replaced) and start `cal-relay serve` on it.
+    pub async fn start(config: &str) -> RelayProcess {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, config: &str) -> RelayProcess {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let config = config
+            .replace("{listen}", &addr.to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        let config_path = dir.path().join("cal-relay.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("relay.log");
+        let mut relay = RelayProcess {
+            child: spawn(&config_path, &log_path),
+            addr,
+            dir,
+            config_path,
+            log_path,
+        };
+        relay.wait_healthy().await;
+        relay
+    }
+
+    /// Start the same configuration again after the process ended (e.g. after a kill).
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.config_path, &self.log_path);
+        self.wait_healthy().await;
+    }
+
+    async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("relay exited with {status}: {}", self.log());
+            }
+            if let Ok((200, _)) = get(self.addr, "/healthz").await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay did not start: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Send SIGTERM and wait for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "relay did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Scrape `/metrics` and return the value of the series `name{labels}` (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = get(self.addr, "/metrics").await.unwrap();
+        parse_metric(&text, series)
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(config: &Path, log: &Path) -> Child {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_cal-relay"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .expect("start cal-relay")
+}
+
+/// Value of `series` (e.g. `cal_relay_deliveries_rejected_total{reason="x",source="cal"}`)
+/// in a text exposition; label order as the exposition writes it (sorted by name).
+pub fn parse_metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A request to send.
+pub struct Post<'a> {
+    pub path: &'a str,
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'a str, String)>,
+}
+
+impl<'a> Post<'a> {
+    /// A delivery as Cal.com sends it: content type, signature, webhook version.
+    pub fn signed(path: &'a str, secret: &str, body: &[u8], content_type: &str) -> Post<'a> {
+        Post {
+            path,
+            body: body.to_vec(),
+            headers: vec![
+                ("content-type", content_type.to_owned()),
+                (
+                    "x-cal-signature-256",
+                    cal_relay_core::sign(secret.as_bytes(), body),
+                ),
+                ("x-cal-webhook-version", "2021-10-20".to_owned()),
+            ],
+        }
+    }
+}
+
+/// Send one request on a fresh connection; status and body text.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    post: Post<'_>,
+) -> anyhow::Result<(u16, String)> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(post.path)
+        .header("host", addr.to_string());
+    for (k, v) in &post.headers {
+        req = req.header(*k, v);
+    }
+    let response = sender
+        .send_request(req.body(Full::new(Bytes::from(post.body)))?)
+        .await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+pub async fn post(addr: SocketAddr, post: Post<'_>) -> anyhow::Result<(u16, String)> {
+    request(addr, "POST", post).await
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    request(
+        addr,
+        "GET",
+        Post {
+            path,
+            body: Vec::new(),
+            headers: Vec::new(),
+        },
+    )
+    .await
+}
+
+/// The JSON lines a file sink wrote (empty when the file does not exist).
+pub fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
