@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use cal_relay_core::{Route, RouteTable, Source, Verifier};
 use cal_relay_server::{Endpoint, ServerConfig};
 use cal_relay_sink_file::FileSinkConfig;
+use cal_relay_sink_nats::NatsSinkConfig;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
@@ -74,12 +75,14 @@ pub struct SourceConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {
     File(FileSinkConfig),
+    Nats(Box<NatsSinkConfig>),
 }
 
 impl SinkConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::File(_) => "file",
+            SinkConfig::Nats(_) => "nats",
         }
     }
 
@@ -87,6 +90,7 @@ impl SinkConfig {
     pub fn describe(&self) -> String {
         match self {
             SinkConfig::File(c) => format!("path={}", c.path),
+            SinkConfig::Nats(c) => c.describe(),
         }
     }
 }

@@ -15,6 +15,8 @@ use serde_json::Value;
 use sha2::Digest;
 use tokio::net::TcpStream;
 
+pub mod nats;
+
 /// Secret the fixtures are signed with.
 pub fn fixture_secret() -> String {
     manifest()["secret"].as_str().unwrap().to_owned()
