@@ -12,12 +12,18 @@ echo "== toolchain: $(cargo --version)"
 # Machine-level prerequisites, installed only when missing.
 apt_missing=()
 command -v nats-server >/dev/null 2>&1 || apt_missing+=(nats-server)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || apt_missing+=(rabbitmq-server)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "== installing ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
+
+echo "== brokers"
+scripts/brokers.sh start
+trap 'scripts/brokers.sh stop' EXIT
+export $(scripts/brokers.sh print-env)
 
 echo "== format and lints"
 cargo fmt --all -- --check

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use cal_relay_core::{Route, RouteTable, Source, Verifier};
 use cal_relay_server::{Endpoint, ServerConfig};
+use cal_relay_sink_amqp::AmqpSinkConfig;
 use cal_relay_sink_file::FileSinkConfig;
 use cal_relay_sink_nats::NatsSinkConfig;
 use figment::providers::{Env, Format, Toml};
@@ -76,6 +77,7 @@ pub struct SourceConfig {
 pub enum SinkConfig {
     File(FileSinkConfig),
     Nats(Box<NatsSinkConfig>),
+    Amqp(Box<AmqpSinkConfig>),
 }
 
 impl SinkConfig {
@@ -83,6 +85,7 @@ impl SinkConfig {
         match self {
             SinkConfig::File(_) => "file",
             SinkConfig::Nats(_) => "nats",
+            SinkConfig::Amqp(_) => "amqp",
         }
     }
 
@@ -91,6 +94,7 @@ impl SinkConfig {
         match self {
             SinkConfig::File(c) => format!("path={}", c.path),
             SinkConfig::Nats(c) => c.describe(),
+            SinkConfig::Amqp(c) => c.describe(),
         }
     }
 }

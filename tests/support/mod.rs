@@ -15,6 +15,7 @@ use serde_json::Value;
 use sha2::Digest;
 use tokio::net::TcpStream;
 
+pub mod amqp;
 pub mod nats;
 
 /// Secret the fixtures are signed with.
