@@ -13,11 +13,23 @@ echo "== toolchain: $(cargo --version)"
 apt_missing=()
 command -v nats-server >/dev/null 2>&1 || apt_missing+=(nats-server)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || apt_missing+=(rabbitmq-server)
+# Build prerequisites of librdkafka (bundled, built by rdkafka-sys) and of the TLS stacks.
+for pkg in build-essential pkg-config libssl-dev zlib1g-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || apt_missing+=("$pkg")
+done
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "== installing ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+
+# tansu, the Kafka-compatible broker the Kafka tests start (10 to 15 minutes the first time;
+# cached in ~/.cargo/bin afterwards).
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v tansu >/dev/null 2>&1; then
+  echo "== installing tansu (first time only)"
+  cargo install tansu --version 0.6.0 --locked --features dynostore,libsql
 fi
 
 echo "== brokers"

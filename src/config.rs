@@ -8,6 +8,7 @@ use cal_relay_core::{Route, RouteTable, Source, Verifier};
 use cal_relay_server::{Endpoint, ServerConfig};
 use cal_relay_sink_amqp::AmqpSinkConfig;
 use cal_relay_sink_file::FileSinkConfig;
+use cal_relay_sink_kafka::KafkaSinkConfig;
 use cal_relay_sink_nats::NatsSinkConfig;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
@@ -78,6 +79,7 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     Nats(Box<NatsSinkConfig>),
     Amqp(Box<AmqpSinkConfig>),
+    Kafka(Box<KafkaSinkConfig>),
 }
 
 impl SinkConfig {
@@ -86,6 +88,7 @@ impl SinkConfig {
             SinkConfig::File(_) => "file",
             SinkConfig::Nats(_) => "nats",
             SinkConfig::Amqp(_) => "amqp",
+            SinkConfig::Kafka(_) => "kafka",
         }
     }
 
@@ -95,6 +98,7 @@ impl SinkConfig {
             SinkConfig::File(c) => format!("path={}", c.path),
             SinkConfig::Nats(c) => c.describe(),
             SinkConfig::Amqp(c) => c.describe(),
+            SinkConfig::Kafka(c) => c.describe(),
         }
     }
 }

@@ -185,6 +185,7 @@ async fn build_sinks(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<dyn
         let built: Arc<dyn Sink> = match sink {
             SinkConfig::File(c) => Arc::new(c.build().with_context(|| format!("sinks.{name}"))?),
             SinkConfig::Amqp(c) => Arc::new(c.build().with_context(|| format!("sinks.{name}"))?),
+            SinkConfig::Kafka(c) => Arc::new(c.build().with_context(|| format!("sinks.{name}"))?),
             SinkConfig::Nats(c) => {
                 Arc::new(c.build().await.with_context(|| format!("sinks.{name}"))?)
             }

@@ -16,6 +16,7 @@ use sha2::Digest;
 use tokio::net::TcpStream;
 
 pub mod amqp;
+pub mod kafka;
 pub mod nats;
 
 /// Secret the fixtures are signed with.

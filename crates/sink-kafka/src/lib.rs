@@ -1,0 +1,358 @@
+//! The Kafka sink on rdkafka's `FutureProducer`: one record per message, topic = destination,
+//! key = message key (one booking's events share a partition, in order), Kafka headers = message
+//! headers, value = body bytes. A publish resolves on the broker's delivery report (acks=all and
+//! the idempotent producer by default). A topic is checked once through metadata before its
+//! first record, so a missing topic is a fast, distinct error (or is created, with
+//! `create_topics`). It must not know about HTTP or Cal.com beyond the message it is handed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use cal_relay_sink::{Message, Sink, SinkError};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Deserialize;
+
+/// `[sinks.NAME] type = "kafka"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    /// `all` (default), `1` or `0`.
+    #[serde(default = "default_acks")]
+    pub acks: String,
+    #[serde(default = "yes")]
+    pub enable_idempotence: bool,
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Upper bound on waiting for a delivery report (1 s to 5 min; default 5 s).
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Create a missing topic on first use (opt-in).
+    #[serde(default)]
+    pub create_topics: bool,
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// Passed through to librdkafka (`security.protocol`, `sasl.*`, `ssl.*`, …).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_acks() -> String {
+    "all".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_compression() -> String {
+    "none".into()
+}
+fn default_linger_ms() -> u64 {
+    5
+}
+fn default_message_timeout_ms() -> u64 {
+    5000
+}
+fn default_client_id() -> String {
+    "cal-relay".into()
+}
+fn default_partitions() -> i32 {
+    3
+}
+fn default_replication() -> i32 {
+    1
+}
+
+/// Errors building the sink.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSinkError {
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("librdkafka: {0}")]
+    Client(#[from] KafkaError),
+}
+
+impl KafkaSinkConfig {
+    pub fn describe(&self) -> String {
+        format!(
+            "brokers={} acks={} idempotence={} compression={} create_topics={}",
+            self.brokers, self.acks, self.enable_idempotence, self.compression, self.create_topics
+        )
+    }
+
+    fn client_config(&self) -> Result<ClientConfig, KafkaSinkError> {
+        let invalid = |key, message: &str| KafkaSinkError::Invalid {
+            key,
+            message: message.to_owned(),
+        };
+        if !matches!(self.acks.as_str(), "all" | "-1" | "1" | "0") {
+            return Err(invalid("acks", "must be all, 1 or 0"));
+        }
+        if !matches!(
+            self.compression.as_str(),
+            "none" | "gzip" | "snappy" | "lz4" | "zstd"
+        ) {
+            return Err(invalid(
+                "compression",
+                "must be none, gzip, snappy, lz4 or zstd",
+            ));
+        }
+        if !(1_000..=300_000).contains(&self.message_timeout_ms) {
+            return Err(invalid(
+                "message_timeout_ms",
+                "must be between 1000 and 300000",
+            ));
+        }
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id)
+            .set("acks", &self.acks)
+            .set("enable.idempotence", self.enable_idempotence.to_string())
+            .set("compression.type", &self.compression)
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            .set("allow.auto.create.topics", "false");
+        for (k, v) in &self.options {
+            config.set(k, v);
+        }
+        Ok(config)
+    }
+
+    /// Create the producer (connections are made in the background) and start the readiness
+    /// probe.
+    pub fn build(&self) -> Result<KafkaSink, KafkaSinkError> {
+        let config = self.client_config()?;
+        let producer: FutureProducer = config.create()?;
+        let admin: Option<AdminClient<DefaultClientContext>> = if self.create_topics {
+            Some(config.create()?)
+        } else {
+            None
+        };
+        let ready = Arc::new(AtomicBool::new(false));
+        let probe = tokio::spawn(probe(producer.clone(), ready.clone()));
+        Ok(KafkaSink {
+            producer,
+            admin,
+            known_topics: RwLock::new(HashSet::new()),
+            ready,
+            probe,
+            partitions: self.partitions,
+            replication: self.replication_factor,
+            timeout: Duration::from_millis(self.message_timeout_ms),
+        })
+    }
+}
+
+/// Every second, ask the cluster for metadata: ready while it answers.
+async fn probe(producer: FutureProducer, ready: Arc<AtomicBool>) {
+    loop {
+        let p = producer.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            p.client()
+                .fetch_metadata(None, Duration::from_millis(1500))
+                .is_ok_and(|m| !m.brokers().is_empty())
+        })
+        .await
+        .unwrap_or(false);
+        if ready.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                tracing::info!(sink = "kafka", "kafka cluster reachable");
+            } else {
+                tracing::warn!(sink = "kafka", "kafka cluster unreachable");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A running Kafka sink.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    admin: Option<AdminClient<DefaultClientContext>>,
+    known_topics: RwLock<HashSet<String>>,
+    ready: Arc<AtomicBool>,
+    probe: tokio::task::JoinHandle<()>,
+    partitions: i32,
+    replication: i32,
+    timeout: Duration,
+}
+
+/// What the cluster says about a topic.
+enum TopicState {
+    Exists,
+    Missing,
+}
+
+impl KafkaSink {
+    fn is_known(&self, topic: &str) -> bool {
+        self.known_topics
+            .read()
+            .map(|set| set.contains(topic))
+            .unwrap_or(false)
+    }
+
+    fn remember(&self, topic: &str) {
+        if let Ok(mut set) = self.known_topics.write() {
+            set.insert(topic.to_owned());
+        }
+    }
+
+    async fn topic_state(&self, topic: &str) -> Result<TopicState, SinkError> {
+        let producer = self.producer.clone();
+        let name = topic.to_owned();
+        let timeout = self.timeout;
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&name), timeout)
+        })
+        .await
+        .map_err(|e| SinkError::transient("publish_failed", e))?
+        .map_err(|e| SinkError::transient("unreachable", format!("metadata for {topic}: {e}")))?;
+        let entry = metadata.topics().iter().find(|t| t.name() == topic);
+        Ok(
+            match entry.and_then(|t| t.error()).map(RDKafkaErrorCode::from) {
+                None if entry.is_some_and(|t| !t.partitions().is_empty()) => TopicState::Exists,
+                None => TopicState::Missing,
+                Some(
+                    RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+                ) => TopicState::Missing,
+                Some(code) => {
+                    return Err(SinkError::transient(
+                        "unreachable",
+                        format!("metadata for {topic}: {code}"),
+                    ))
+                }
+            },
+        )
+    }
+
+    /// Make sure `topic` exists before its first record: fail fast when it does not (or create
+    /// it with `create_topics`).
+    async fn ensure_topic(&self, topic: &str) -> Result<(), SinkError> {
+        if self.is_known(topic) {
+            return Ok(());
+        }
+        if let TopicState::Exists = self.topic_state(topic).await? {
+            self.remember(topic);
+            return Ok(());
+        }
+        let Some(admin) = &self.admin else {
+            return Err(SinkError::permanent(
+                "unknown_topic",
+                format!("topic {topic} does not exist (create it, or set create_topics = true)"),
+            ));
+        };
+        let new = NewTopic::new(
+            topic,
+            self.partitions,
+            TopicReplication::Fixed(self.replication),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(self.timeout));
+        let results = admin
+            .create_topics([&new], &options)
+            .await
+            .map_err(|e| SinkError::transient("create_topic", format!("{topic}: {e}")))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(SinkError::transient(
+                        "create_topic",
+                        format!("{topic}: {code}"),
+                    ))
+                }
+            }
+        }
+        tracing::info!(
+            sink = "kafka",
+            topic,
+            partitions = self.partitions,
+            "created topic"
+        );
+        // The producer learns about the new topic through its next metadata refresh.
+        for _ in 0..50 {
+            if let TopicState::Exists = self.topic_state(topic).await? {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.remember(topic);
+        Ok(())
+    }
+}
+
+fn classify(topic: &str, error: KafkaError) -> SinkError {
+    let code = error.rdkafka_error_code();
+    match code {
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            SinkError::permanent("unknown_topic", format!("topic {topic} does not exist"))
+        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => SinkError::permanent(
+            "too_large",
+            format!("record for {topic} is too large: {error}"),
+        ),
+        Some(RDKafkaErrorCode::MessageTimedOut) => {
+            SinkError::transient("timeout", format!("no delivery report for {topic} in time"))
+        }
+        Some(RDKafkaErrorCode::QueueFull) => SinkError::transient("queue_full", error),
+        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
+            SinkError::transient("unreachable", error)
+        }
+        _ => SinkError::transient("publish_failed", error),
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for KafkaSink {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    async fn publish(&self, message: &Message) -> Result<(), SinkError> {
+        let topic = message.destination.as_str();
+        self.ensure_topic(topic).await?;
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (name, value) in &message.headers {
+            headers = headers.insert(Header {
+                key: name.as_ref(),
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::to(topic)
+            .payload(message.body.as_ref())
+            .headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_bytes());
+        }
+        // The delivery report arrives within message.timeout.ms; the queue wait is bounded too.
+        match self.producer.send(record, self.timeout).await {
+            Ok(_delivery) => Ok(()),
+            Err((error, _)) => Err(classify(topic, error)),
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.probe.abort();
+        let producer = self.producer.clone();
+        let timeout = self.timeout;
+        let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+    }
+}
