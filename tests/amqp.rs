@@ -10,43 +10,14 @@ use serde_json::Value;
 use support::amqp::*;
 use support::*;
 
-const PATH: &str = "/webhooks/cal";
+const PATH: &str = SOURCE_PATH;
 
-pub fn config(exchange: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{{listen}}"
-
-[[sources]]
-name = "cal"
-path = "{PATH}"
-secrets = ["{secret}"]
-template_destination = "cal.custom"
-
-[sinks.rabbit]
-type = "amqp"
-url = "{url}"
-exchange = "{exchange}"
-confirm_timeout_ms = 3000
-
-[[routes]]
-triggers = ["*"]
-sinks = ["rabbit"]
-"#,
-        secret = fixture_secret(),
-        url = amqp_url(),
-    )
-}
-
-async fn wait_ready(relay: &RelayProcess) {
-    for _ in 0..200 {
-        if get(relay.addr, "/readyz").await.unwrap().0 == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("relay never ready: {}", relay.log());
+fn config(exchange: &str) -> String {
+    let sink = format!(
+        "type = \"amqp\"\nurl = \"{}\"\nexchange = \"{exchange}\"\nconfirm_timeout_ms = 3000",
+        amqp_url()
+    );
+    one_sink_config("rabbit", &sink)
 }
 
 #[tokio::test]
@@ -57,7 +28,7 @@ async fn bound_queues_receive_exactly_the_matching_fixtures() {
     let meetings = bound_queue(&ch, &exchange, "cal.meeting.*").await;
     let everything = bound_queue(&ch, &exchange, "#").await;
     let relay = RelayProcess::start(&config(&exchange)).await;
-    wait_ready(&relay).await;
+    relay.wait_readyz(200, 10).await;
 
     let fixtures = fixtures();
     for f in &fixtures {
@@ -143,7 +114,7 @@ async fn an_unroutable_delivery_is_503_not_200() {
     let (_conn, ch) = channel().await;
     let _only_meetings = bound_queue(&ch, &exchange, "cal.meeting.*").await;
     let relay = RelayProcess::start(&config(&exchange)).await;
-    wait_ready(&relay).await;
+    relay.wait_readyz(200, 10).await;
     let f = fixtures()
         .into_iter()
         .find(|f| f.trigger() == Some("BOOKING_CREATED"))

@@ -5,12 +5,11 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use support::amqp::*;
 use support::*;
 
-const PATH: &str = "/webhooks/cal";
+const PATH: &str = SOURCE_PATH;
 
 fn broker(action: &str) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/brokers.sh");
@@ -22,48 +21,16 @@ fn broker(action: &str) {
     assert!(status.success(), "brokers.sh {action} failed");
 }
 
-async fn status_of(relay: &RelayProcess, path: &str) -> u16 {
-    get(relay.addr, path).await.map(|r| r.0).unwrap_or(0)
-}
-
-async fn wait_for(relay: &RelayProcess, want: u16, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while status_of(relay, "/readyz").await != want {
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never became {want}: {}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn deliveries_fail_during_a_broker_restart_and_succeed_after() {
     let exchange = unique("cal");
-    let config = format!(
-        r#"
-[server]
-listen = "{{listen}}"
-[[sources]]
-name = "cal"
-path = "{PATH}"
-secrets = ["{secret}"]
-[sinks.rabbit]
-type = "amqp"
-url = "{url}"
-exchange = "{exchange}"
-mandatory = false
-confirm_timeout_ms = 2000
-[[routes]]
-triggers = ["*"]
-sinks = ["rabbit"]
-"#,
-        secret = fixture_secret(),
-        url = amqp_url()
+    let sink = format!(
+        "type = \"amqp\"\nurl = \"{}\"\nexchange = \"{exchange}\"\nmandatory = false\nconfirm_timeout_ms = 2000",
+        amqp_url()
     );
+    let config = one_sink_config("rabbit", &sink);
     let relay = RelayProcess::start(&config).await;
-    wait_for(&relay, 200, 20).await;
+    relay.wait_readyz(200, 20).await;
     let all = fixtures();
     let send = |i: usize| {
         let body = all[i].body.clone();
@@ -79,12 +46,12 @@ sinks = ["rabbit"]
     assert_eq!(send(0).await.0, 200);
 
     broker("rabbit-stop-app");
-    wait_for(&relay, 503, 20).await;
+    relay.wait_readyz(503, 20).await;
     let (status, body) = send(1).await;
     assert_eq!(status, 503, "{body}");
 
     broker("rabbit-start-app");
-    wait_for(&relay, 200, 60).await;
+    relay.wait_readyz(200, 60).await;
     let (status, body) = send(2).await;
     assert_eq!(status, 200, "{body}");
 }

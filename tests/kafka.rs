@@ -12,50 +12,18 @@ use serde_json::Value;
 use support::kafka::{header, Tansu};
 use support::*;
 
-const PATH: &str = "/webhooks/cal";
+const PATH: &str = SOURCE_PATH;
 
 fn config(bootstrap: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{{listen}}"
-
-[[sources]]
-name = "cal"
-path = "{PATH}"
-secrets = ["{secret}"]
-template_destination = "cal.custom"
-
-[sinks.kafka]
-type = "kafka"
-brokers = "{bootstrap}"
-message_timeout_ms = 3000
-{extra}
-
-[[routes]]
-triggers = ["*"]
-sinks = ["kafka"]
-"#,
-        secret = fixture_secret()
-    )
+    let sink =
+        format!("type = \"kafka\"\nbrokers = \"{bootstrap}\"\nmessage_timeout_ms = 3000\n{extra}");
+    one_sink_config("kafka", &sink)
 }
 
 async fn send_body(relay: &RelayProcess, body: &[u8], ct: &str) -> (u16, String) {
     post(relay.addr, Post::signed(PATH, &fixture_secret(), body, ct))
         .await
         .unwrap()
-}
-
-async fn wait_readyz(relay: &RelayProcess, want: u16, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while get(relay.addr, "/readyz").await.map(|r| r.0).unwrap_or(0) != want {
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never {want}: {}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -66,7 +34,7 @@ async fn every_fixture_lands_on_its_topic_with_key_and_headers() {
         "create_topics = true\npartitions = 3",
     ))
     .await;
-    wait_readyz(&relay, 200, 20).await;
+    relay.wait_readyz(200, 20).await;
     let fixtures = fixtures();
     for f in &fixtures {
         let (status, body) = send_body(&relay, &f.body, f.content_type()).await;
@@ -130,7 +98,7 @@ async fn one_bookings_events_stay_on_one_partition_in_batch_order() {
         "create_topics = true\npartitions = 4",
     ))
     .await;
-    wait_readyz(&relay, 200, 20).await;
+    relay.wait_readyz(200, 20).await;
     let relay = std::sync::Arc::new(relay);
     for batch in 0..10 {
         let sends: Vec<_> = (0..100)
@@ -182,7 +150,7 @@ async fn one_bookings_events_stay_on_one_partition_in_batch_order() {
 async fn a_missing_topic_is_a_fast_distinct_error() {
     let tansu = Tansu::start();
     let relay = RelayProcess::start(&config(&tansu.bootstrap(), "")).await;
-    wait_readyz(&relay, 200, 20).await;
+    relay.wait_readyz(200, 20).await;
     let f = fixtures()
         .into_iter()
         .find(|f| f.trigger() == Some("PING"))
@@ -213,7 +181,7 @@ async fn a_broker_outage_is_503_within_the_timeout_and_heals_by_itself() {
         "create_topics = true\npartitions = 1",
     ))
     .await;
-    wait_readyz(&relay, 200, 20).await;
+    relay.wait_readyz(200, 20).await;
     let all = fixtures();
     let booking = all
         .iter()
@@ -238,10 +206,10 @@ async fn a_broker_outage_is_503_within_the_timeout_and_heals_by_itself() {
         "took {:?}",
         started.elapsed()
     );
-    wait_readyz(&relay, 503, 20).await;
+    relay.wait_readyz(503, 20).await;
 
     tansu.up();
-    wait_readyz(&relay, 200, 30).await;
+    relay.wait_readyz(200, 30).await;
     let (status, body) = send_body(&relay, &paid.body, "application/json").await;
     assert_eq!(status, 200, "{body}");
 }

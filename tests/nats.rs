@@ -13,32 +13,12 @@ use serde_json::Value;
 use support::nats::NatsServer;
 use support::*;
 
-const PATH: &str = "/webhooks/cal";
+const PATH: &str = SOURCE_PATH;
 
 fn config(nats_url: &str, sink_extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{{listen}}"
-
-[[sources]]
-name = "cal"
-path = "{PATH}"
-secrets = ["{secret}"]
-template_destination = "cal.custom"
-
-[sinks.bus]
-type = "nats"
-url = "{nats_url}"
-ack_timeout_ms = 2000
-{sink_extra}
-
-[[routes]]
-triggers = ["*"]
-sinks = ["bus"]
-"#,
-        secret = fixture_secret()
-    )
+    let sink =
+        format!("type = \"nats\"\nurl = \"{nats_url}\"\nack_timeout_ms = 2000\n{sink_extra}");
+    one_sink_config("bus", &sink)
 }
 
 const WITH_STREAM: &str = r#"stream = { name = "CAL", subjects = ["cal.>"] }"#;

@@ -130,6 +130,34 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Path of the fixture source in [`one_sink_config`].
+pub const SOURCE_PATH: &str = "/webhooks/cal";
+
+/// A relay configuration with the fixture source (templates to `cal.custom`) and every trigger
+/// routed to one sink `name`, whose TOML body is `sink`.
+pub fn one_sink_config(name: &str, sink: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+
+[[sources]]
+name = "cal"
+path = "{SOURCE_PATH}"
+secrets = ["{secret}"]
+template_destination = "cal.custom"
+
+[sinks.{name}]
+{sink}
+
+[[routes]]
+triggers = ["*"]
+sinks = ["{name}"]
+"#,
+        secret = fixture_secret()
+    )
+}
+
 /// A running relay process; killed on drop.
 pub struct RelayProcess {
     pub child: Child,
@@ -216,6 +244,19 @@ impl RelayProcess {
             }
             assert!(Instant::now() < deadline, "relay did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until `/readyz` answers `want`.
+    pub async fn wait_readyz(&self, want: u16, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while get(self.addr, "/readyz").await.map(|r| r.0).unwrap_or(0) != want {
+            assert!(
+                Instant::now() < deadline,
+                "/readyz never {want}: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
