@@ -68,11 +68,7 @@ impl Tansu {
             .spawn()
             .expect("tansu must be installed: run scripts/test.sh");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_port(self.port, "tansu", 15);
     }
 
     pub fn down(&mut self) {

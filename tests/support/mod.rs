@@ -158,6 +158,18 @@ sinks = ["{name}"]
     )
 }
 
+/// Block until something accepts TCP connections on loopback `port`.
+pub fn wait_port(port: u16, what: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running relay process; killed on drop.
 pub struct RelayProcess {
     pub child: Child,

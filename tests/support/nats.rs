@@ -1,7 +1,6 @@
 //! A real `nats-server` with JetStream on a loopback port, one per test.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 pub struct NatsServer {
     child: Option<Child>,
@@ -42,11 +41,7 @@ impl NatsServer {
             .spawn()
             .expect("nats-server must be installed: run scripts/test.sh");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_port(self.port, "nats-server", 10);
     }
 
     pub fn down(&mut self) {

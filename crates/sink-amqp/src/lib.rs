@@ -72,12 +72,7 @@ pub enum AmqpSinkError {
 impl AmqpSinkConfig {
     /// URL without credentials and the exchange, for display.
     pub fn describe(&self) -> String {
-        let url = match self.url.split_once("://") {
-            Some((scheme, rest)) => {
-                format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or(rest))
-            }
-            None => self.url.clone(),
-        };
+        let url = cal_relay_sink::redact_url(&self.url);
         format!(
             "url={url} exchange={} ({})",
             self.exchange, self.exchange_type

@@ -116,12 +116,7 @@ impl NatsSinkConfig {
             .url
             .to_vec()
             .iter()
-            .map(|u| match u.split_once("://") {
-                Some((scheme, rest)) => {
-                    format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or(rest))
-                }
-                None => u.rsplit('@').next().unwrap_or(u).to_owned(),
-            })
+            .map(|u| cal_relay_sink::redact_url(u))
             .collect();
         let mode = if self.jetstream {
             "jetstream"

@@ -42,6 +42,14 @@ impl Message {
     }
 }
 
+/// `url` with any `user:password@` removed, for display (`check-config`, logs).
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or(rest)),
+        None => url.rsplit('@').next().unwrap_or(url).to_owned(),
+    }
+}
+
 /// Why a publish failed. `reason` is a short, stable, snake_case word used as a metric label and
 /// in logs and error answers; `permanent` says whether retrying the same message can help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -90,4 +98,17 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Flush and release resources; called once at shutdown.
     async fn shutdown(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_url_drops_credentials() {
+        assert_eq!(
+            super::redact_url("amqp://u:p@h:5672/%2f"),
+            "amqp://h:5672/%2f"
+        );
+        assert_eq!(super::redact_url("nats://h:4222"), "nats://h:4222");
+        assert_eq!(super::redact_url("u:p@h:4222"), "h:4222");
+    }
 }
