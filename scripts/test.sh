@@ -23,6 +23,17 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
+# Operations checks: promtool and a real Prometheus; docker-compose validates the compose file
+# without an engine. Without recommends: no exporters or docker engine pulled in.
+ops_missing=()
+command -v promtool >/dev/null 2>&1 || ops_missing+=(prometheus)
+command -v docker-compose >/dev/null 2>&1 || ops_missing+=(docker-compose)
+if [ ${#ops_missing[@]} -gt 0 ]; then
+  echo "== installing ${ops_missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${ops_missing[@]}" >/dev/null
+fi
 
 # tansu, the Kafka-compatible broker the Kafka tests start (10 to 15 minutes the first time;
 # cached in ~/.cargo/bin afterwards).

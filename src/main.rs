@@ -1,5 +1,6 @@
 //! The `cal-relay` command: runs the relay (`serve`), checks a configuration (`check-config`),
-//! sends a test delivery as Cal.com would (`send`), and checks a signature (`verify`). It wires
+//! sends a test delivery as Cal.com would (`send`), checks a signature (`verify`) and probes a
+//! running relay's health endpoint (`probe`, for container health checks). It wires
 //! the configuration to the sink, server and core crates; the relay's logic lives there.
 
 mod config;
@@ -61,6 +62,14 @@ enum Command {
         /// A body file to send byte for byte.
         #[arg(required_unless_present = "trigger")]
         file: Option<PathBuf>,
+    },
+    /// GET a health endpoint; exit 0 on 2xx. For HEALTHCHECK in images without curl.
+    Probe {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Check an X-Cal-Signature-256 value against a body file.
     Verify {
@@ -130,6 +139,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await?;
             println!("{status} {answer}");
+            Ok(if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Probe { url, timeout } => {
+            let (status, answer) = send::probe(&url, timeout).await?;
+            println!("{status} {}", answer.trim_end());
             Ok(if (200..300).contains(&status) {
                 ExitCode::SUCCESS
             } else {
@@ -242,35 +260,39 @@ async fn shutdown_signal() {
 }
 
 fn print_config(config: &Config) -> anyhow::Result<()> {
-    println!("configuration is valid");
-    println!("listen: {}", config.server.listen);
-    println!("sources:");
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(out, "configuration is valid")?;
+    writeln!(out, "listen: {}", config.server.listen)?;
+    writeln!(out, "sources:")?;
     for (i, s) in config.sources.iter().enumerate() {
         let secrets = config.secrets_of(i)?.len();
-        println!(
+        writeln!(
+            out,
             "  {} at {}: {} secret(s) [redacted], allow_unsigned={}, template_destination={}",
             s.name,
             s.path,
             secrets,
             s.allow_unsigned,
             s.template_destination.as_deref().unwrap_or("(none: 400)")
-        );
+        )?;
     }
-    println!("sinks:");
+    writeln!(out, "sinks:")?;
     for (name, sink) in &config.sinks {
-        println!("  {name}: {} {}", sink.kind(), sink.describe());
+        writeln!(out, "  {name}: {} {}", sink.kind(), sink.describe())?;
     }
-    println!("routes (first match wins):");
+    writeln!(out, "routes (first match wins):")?;
     for r in &config.routes {
-        println!(
+        writeln!(
+            out,
             "  {} -> {} destination={}",
             r.triggers.join(","),
             r.sinks.join(","),
             r.destination.as_deref().unwrap_or("(naming rule)")
-        );
+        )?;
     }
     let table = config.route_table()?;
-    println!("effective routing of known triggers:");
+    writeln!(out, "effective routing of known triggers:")?;
     let templates = std::iter::once(cal_relay_core::trigger::TEMPLATE);
     for t in cal_relay_core::trigger::KNOWN
         .iter()
@@ -286,10 +308,19 @@ fn print_config(config: &Config) -> anyhow::Result<()> {
                     (Some(d), _) => d.clone(),
                     (None, _) => cal_relay_core::trigger::default_destination(t),
                 };
-                println!("  {t:<46} {dest:<34} -> {}", route.sinks.join(","));
+                writeln!(out, "  {t:<46} {dest:<34} -> {}", route.sinks.join(","))?;
             }
-            None => println!("  {t:<46} (no route: 422)"),
+            None => writeln!(out, "  {t:<46} (no route: 422)")?,
         }
     }
-    Ok(())
+    print_out(&out)
+}
+
+/// Write to stdout; a closed pipe (`| head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

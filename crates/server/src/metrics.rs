@@ -2,8 +2,8 @@
 //! config, triggers are known names or `other`, reasons are fixed words.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the relay exports, registered in its own registry.
@@ -17,6 +17,8 @@ pub struct Metrics {
     pub request_duration: Histogram,
     pub publish_duration: HistogramVec,
     pub in_flight: IntGauge,
+    /// 1 when a sink says it can take messages, else 0; refreshed at each scrape.
+    pub sink_ready: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -74,6 +76,14 @@ impl Metrics {
             "Requests being handled now.",
         )?;
         registry.register(Box::new(in_flight.clone()))?;
+        let sink_ready = IntGaugeVec::new(
+            Opts::new(
+                "cal_relay_sink_ready",
+                "1 when the sink is connected and can take messages, else 0.",
+            ),
+            &["sink"],
+        )?;
+        registry.register(Box::new(sink_ready.clone()))?;
         Ok(Metrics {
             registry,
             received,
@@ -83,6 +93,7 @@ impl Metrics {
             request_duration,
             publish_duration,
             in_flight,
+            sink_ready,
         })
     }
 

@@ -100,6 +100,12 @@ impl Relay {
         self.metrics.in_flight.inc();
         let response = match req.uri().path() {
             "/metrics" => self.get_only(&req, || {
+                for (name, sink) in &self.sinks {
+                    self.metrics
+                        .sink_ready
+                        .with_label_values(&[name.as_str()])
+                        .set(i64::from(sink.ready()));
+                }
                 let mut r = respond::json(StatusCode::OK, self.metrics.encode());
                 r.headers_mut().insert(
                     CONTENT_TYPE,
