@@ -31,6 +31,51 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+}
+
+/// `[delivery]`: when a delivery counts as accepted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// `spool`: 2xx once fsync'd to the local log, forwarded later. `confirm`: 2xx once every
+    /// target sink confirmed, 503 otherwise. Without a `[delivery]` section: `confirm`.
+    pub mode: String,
+    /// Directory of the spool's log, dead letters and inbox.
+    pub dir: PathBuf,
+    /// Bound of the log on disk; when reached, new deliveries are published directly (503 if
+    /// the sinks are down).
+    pub max_bytes: u64,
+    /// fsync before answering (turn off only for throwaway benchmarks).
+    pub fsync: bool,
+    /// Attempts before a message a broker refuses permanently becomes a dead letter.
+    pub max_attempts: u32,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Deliveries in flight per sink (different keys); one key is always one at a time.
+    pub lanes: usize,
+    /// Repeats of a delivery id within this window get 2xx and are not published again.
+    pub dedup_window_secs: u64,
+    /// Ids remembered at most (about 60 bytes each); the oldest are forgotten first.
+    pub dedup_max_entries: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            mode: "confirm".into(),
+            dir: PathBuf::from("data/spool"),
+            max_bytes: 256 * 1024 * 1024,
+            fsync: true,
+            max_attempts: 5,
+            retry_initial_ms: 100,
+            retry_max_ms: 30_000,
+            lanes: 64,
+            dedup_window_secs: 24 * 3600,
+            dedup_max_entries: 200_000,
+        }
+    }
 }
 
 /// `[log]`.
@@ -165,6 +210,25 @@ impl Config {
         }
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+        }
+        let d = &self.delivery;
+        if !matches!(d.mode.as_str(), "spool" | "confirm") {
+            return Err(invalid("delivery.mode", "must be \"spool\" or \"confirm\""));
+        }
+        if d.max_bytes < 64 * 1024 {
+            return Err(invalid("delivery.max_bytes", "must be at least 65536"));
+        }
+        if d.max_attempts == 0 || d.lanes == 0 || d.lanes > 4096 {
+            return Err(invalid(
+                "delivery",
+                "max_attempts must be at least 1 and lanes between 1 and 4096",
+            ));
+        }
+        if d.retry_initial_ms == 0 || d.retry_max_ms < d.retry_initial_ms {
+            return Err(invalid(
+                "delivery.retry_max_ms",
+                "retry_initial_ms must be > 0 and retry_max_ms >= retry_initial_ms",
+            ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));

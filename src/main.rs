@@ -63,6 +63,14 @@ enum Command {
         #[arg(required_unless_present = "trigger")]
         file: Option<PathBuf>,
     },
+    /// Inspect the spool: pending deliveries and dead letters; replay or purge dead letters.
+    Spool {
+        /// Spool directory [default: delivery.dir of the configuration]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
     /// GET a health endpoint; exit 0 on 2xx. For HEALTHCHECK in images without curl.
     Probe {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
@@ -78,6 +86,34 @@ enum Command {
         #[arg(long)]
         signature: String,
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Totals: pending deliveries, bytes, oldest, dead letters.
+    Stats,
+    /// One line per pending delivery (id SEQ) and dead letter (id SEQ.SINK).
+    List {
+        /// One JSON object per line instead of columns.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entry with headers and body, as JSON.
+    Show { id: String },
+    /// Hand dead letters back for delivery (a running relay takes them within a second).
+    Replay {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters.
+    Purge {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -145,6 +181,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Spool { dir, command } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => load(cli.config.as_deref())?.delivery.dir,
+            };
+            spool_command(&dir, command)
+        }
         Command::Probe { url, timeout } => {
             let (status, answer) = send::probe(&url, timeout).await?;
             println!("{status} {}", answer.trim_end());
@@ -174,6 +217,92 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+fn spool_command(dir: &Path, command: SpoolCommand) -> anyhow::Result<ExitCode> {
+    use cal_relay_spool::admin;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let ms = |t: std::time::SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    match command {
+        SpoolCommand::Stats => {
+            let s = admin::stats(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+            let age = s
+                .oldest
+                .and_then(|t| t.elapsed().ok())
+                .map(|d| format!("{:.1}s", d.as_secs_f64()))
+                .unwrap_or_else(|| "-".into());
+            writeln!(out, "dir: {}", dir.display())?;
+            writeln!(out, "pending: {}", s.entries)?;
+            writeln!(out, "bytes: {} in {} segment(s)", s.bytes, s.segments)?;
+            writeln!(out, "oldest pending age: {age}")?;
+            writeln!(out, "dead letters: {}", s.dead_letters)?;
+            writeln!(out, "inbox (replays not yet taken): {}", s.inbox)?;
+            if s.unreadable_bytes > 0 {
+                writeln!(
+                    out,
+                    "unreadable tail: {} bytes (cut off at the next start)",
+                    s.unreadable_bytes
+                )?;
+            }
+        }
+        SpoolCommand::List { json } => {
+            for item in admin::list(dir)? {
+                if json {
+                    writeln!(out, "{}", item.to_json(false))?;
+                    continue;
+                }
+                let m = &item.entry.message;
+                let state = match &item.state {
+                    admin::State::Pending => format!("pending -> {}", item.entry.targets.join(",")),
+                    admin::State::Dead {
+                        reason, attempts, ..
+                    } => {
+                        format!("dead ({reason}, {attempts} attempts)")
+                    }
+                };
+                writeln!(
+                    out,
+                    "{:<16} {:<40} {:<32} key={} received={} {}",
+                    item.id,
+                    state,
+                    m.destination,
+                    m.key.as_deref().unwrap_or("-"),
+                    ms(m.received_at),
+                    &m.id[..m.id.len().min(16)]
+                )?;
+            }
+        }
+        SpoolCommand::Show { id } => match admin::show(dir, &id)? {
+            Some(item) => writeln!(out, "{:#}", item.to_json(true))?,
+            None => {
+                eprintln!("no pending delivery or dead letter {id:?}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        SpoolCommand::Replay { id, all } => {
+            let done = admin::replay(dir, if all { None } else { id.as_deref() })?;
+            if done.is_empty() {
+                eprintln!("no dead letter to replay");
+                return Ok(ExitCode::FAILURE);
+            }
+            for id in done {
+                writeln!(out, "replaying {id}")?;
+            }
+        }
+        SpoolCommand::Purge { id, all } => {
+            let done = admin::purge(dir, if all { None } else { id.as_deref() })?;
+            if done.is_empty() {
+                eprintln!("no dead letter to purge");
+                return Ok(ExitCode::FAILURE);
+            }
+            for id in done {
+                writeln!(out, "purged {id}")?;
+            }
+        }
+    }
+    print_out(&out)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The configuration from `path`, else `config/cal-relay.toml`, else the built-in default.
@@ -215,13 +344,46 @@ async fn build_sinks(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<dyn
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let sinks = build_sinks(&config).await?;
-    let relay = Relay::new(
+    let mut relay = Relay::new(
         config.endpoints()?,
         config.route_table()?,
         sinks,
         config.server.max_body_bytes,
         Duration::from_millis(config.server.body_read_timeout_ms),
     )?;
+    let d = &config.delivery;
+    if d.mode == "spool" {
+        let m = relay.metrics();
+        let metrics = cal_relay_spool::SpoolMetrics::register(
+            m.registry(),
+            m.published.clone(),
+            m.publish_errors.clone(),
+            m.publish_duration.clone(),
+        )?;
+        let spool = cal_relay_spool::Spool::open(
+            &cal_relay_spool::SpoolConfig {
+                dir: d.dir.clone(),
+                max_bytes: d.max_bytes,
+                fsync: d.fsync,
+                retry: cal_relay_spool::RetryPolicy {
+                    initial: Duration::from_millis(d.retry_initial_ms),
+                    max: Duration::from_millis(d.retry_max_ms),
+                    max_attempts: d.max_attempts,
+                },
+                lanes: d.lanes,
+            },
+            relay.sinks(),
+            metrics,
+        )
+        .with_context(|| format!("delivery.dir {}", d.dir.display()))?;
+        relay = relay.with_spool(spool);
+    }
+    if d.dedup_window_secs > 0 {
+        relay = relay.with_dedup(cal_relay_server::Dedup::new(
+            Duration::from_secs(d.dedup_window_secs),
+            d.dedup_max_entries,
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -230,6 +392,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         listen = %addr,
         sources = config.sources.len(),
         sinks = ?config.sinks.keys().collect::<Vec<_>>(),
+        delivery = %config.delivery.mode,
         "cal-relay listening"
     );
     cal_relay_server::serve(listener, Arc::new(relay), &config.server, shutdown_signal()).await;
@@ -264,6 +427,25 @@ fn print_config(config: &Config) -> anyhow::Result<()> {
     let mut out = String::new();
     writeln!(out, "configuration is valid")?;
     writeln!(out, "listen: {}", config.server.listen)?;
+    let d = &config.delivery;
+    if d.mode == "spool" {
+        writeln!(
+            out,
+            "delivery: spool dir={} max_bytes={} fsync={} max_attempts={} lanes={}",
+            d.dir.display(),
+            d.max_bytes,
+            d.fsync,
+            d.max_attempts,
+            d.lanes
+        )?;
+    } else {
+        writeln!(out, "delivery: confirm (2xx once every sink confirmed)")?;
+    }
+    writeln!(
+        out,
+        "dedup: window={}s max_entries={}",
+        d.dedup_window_secs, d.dedup_max_entries
+    )?;
     writeln!(out, "sources:")?;
     for (i, s) in config.sources.iter().enumerate() {
         let secrets = config.secrets_of(i)?.len();

@@ -2,8 +2,8 @@
 //! config, triggers are known names or `other`, reasons are fixed words.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the relay exports, registered in its own registry.
@@ -19,6 +19,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// 1 when a sink says it can take messages, else 0; refreshed at each scrape.
     pub sink_ready: IntGaugeVec,
+    pub duplicates: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -84,6 +85,11 @@ impl Metrics {
             &["sink"],
         )?;
         registry.register(Box::new(sink_ready.clone()))?;
+        let duplicates = IntCounter::new(
+            "cal_relay_duplicates_total",
+            "Deliveries accepted without publishing: same delivery id seen within the window.",
+        )?;
+        registry.register(Box::new(duplicates.clone()))?;
         Ok(Metrics {
             registry,
             received,
@@ -94,6 +100,7 @@ impl Metrics {
             publish_duration,
             in_flight,
             sink_ready,
+            duplicates,
         })
     }
 

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use cal_relay_core::{Inbound, Prepared, Rejection, RouteTable, Source};
 use cal_relay_sink::{Sink, SinkError};
+use cal_relay_spool::{Spool, SpoolError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::dedup::Dedup;
 use crate::metrics::Metrics;
 use crate::respond::{self, Body};
 
@@ -47,6 +49,8 @@ pub struct Relay {
     metrics: Metrics,
     max_body_bytes: usize,
     body_read_timeout: Duration,
+    spool: Option<Arc<Spool>>,
+    dedup: Option<Dedup>,
 }
 
 impl Relay {
@@ -83,7 +87,21 @@ impl Relay {
             metrics: Metrics::new()?,
             max_body_bytes,
             body_read_timeout,
+            spool: None,
+            dedup: None,
         })
+    }
+
+    /// Accept deliveries into `spool` (answer once durable) instead of waiting for the sinks.
+    pub fn with_spool(mut self, spool: Arc<Spool>) -> Relay {
+        self.spool = Some(spool);
+        self
+    }
+
+    /// Answer repeats of a delivery id within the window with 200 and publish them no more.
+    pub fn with_dedup(mut self, dedup: Dedup) -> Relay {
+        self.dedup = Some(dedup);
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -165,6 +183,7 @@ impl Relay {
         }
     }
 
+    /// Ready when every sink is; with a spool, when the spool has room (sinks may be down).
     fn readiness(&self) -> Response<Body> {
         let not_ready: Vec<&str> = self
             .sinks
@@ -172,6 +191,18 @@ impl Relay {
             .filter(|(_, s)| !s.ready())
             .map(|(n, _)| n.as_str())
             .collect();
+        if let Some(spool) = &self.spool {
+            let full = spool.is_full();
+            let status = if full { "spool_full" } else { "ready" };
+            let body =
+                serde_json::json!({ "status": status, "spool": true, "sinksNotReady": not_ready });
+            let code = if full {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            return respond::json(code, body.to_string());
+        }
         if not_ready.is_empty() {
             respond::json(StatusCode::OK, r#"{"status":"ready"}"#)
         } else {
@@ -215,10 +246,54 @@ impl Relay {
             Ok(p) => p,
             Err(rejection) => return self.refuse(source, &rejection),
         };
+        let message = &prepared.message;
+        if self
+            .dedup
+            .as_ref()
+            .is_some_and(|d| d.seen(&message.id, Instant::now()))
+        {
+            self.metrics.duplicates.inc();
+            tracing::info!(source = %source.name, trigger = prepared.trigger_label, delivery_id = %message.id, status = 200, "duplicate, not published again");
+            return respond::json(
+                StatusCode::OK,
+                serde_json::json!({ "status": "duplicate", "deliveryId": message.id }).to_string(),
+            );
+        }
+        let mut spool_error = None;
+        if let Some(spool) = &self.spool {
+            match spool
+                .accept(message, &prepared.route.sinks, prepared.trigger_label)
+                .await
+            {
+                Ok(seq) => {
+                    self.remember(&message.id);
+                    tracing::info!(
+                        source = %source.name,
+                        trigger = prepared.trigger_label,
+                        delivery_id = %message.id,
+                        destination = %message.destination,
+                        sinks = ?prepared.route.sinks,
+                        seq,
+                        status = 202,
+                        latency_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "spooled"
+                    );
+                    return respond::json(
+                        StatusCode::ACCEPTED,
+                        serde_json::json!({ "status": "spooled", "deliveryId": message.id })
+                            .to_string(),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(delivery_id = %message.id, reason = e.reason(), error = %e, "spool refused; publishing directly");
+                    spool_error = Some(e);
+                }
+            }
+        }
         let failures = self.publish(&prepared).await;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        let message = &prepared.message;
         if failures.is_empty() {
+            self.remember(&message.id);
             tracing::info!(
                 source = %source.name,
                 trigger = prepared.trigger_label,
@@ -245,9 +320,23 @@ impl Relay {
                 .iter()
                 .map(|(sink, e)| serde_json::json!({ "sink": sink, "reason": e.reason, "message": e.detail }))
                 .collect();
+            let (error, text) = match &spool_error {
+                Some(e @ SpoolError::Full { .. }) => (
+                    e.reason(),
+                    format!("{e}, and a sink did not confirm the message; retry later"),
+                ),
+                Some(e) => (
+                    e.reason(),
+                    format!("the spool refused the delivery ({e}), and a sink did not confirm it; retry later"),
+                ),
+                None => (
+                    "publish_failed",
+                    "a sink did not confirm the message; retry later".to_owned(),
+                ),
+            };
             let body = serde_json::json!({
-                "error": "publish_failed",
-                "message": "a sink did not confirm the message; retry later",
+                "error": error,
+                "message": text,
                 "deliveryId": message.id,
                 "sinks": sinks,
             });
@@ -335,8 +424,18 @@ impl Relay {
             .collect()
     }
 
-    /// Flush and close every sink.
+    fn remember(&self, id: &str) {
+        if let Some(dedup) = &self.dedup {
+            dedup.insert(id, Instant::now());
+        }
+    }
+
+    /// Stop forwarding from the spool (what is not confirmed stays for the next start), then
+    /// flush and close every sink.
     pub async fn shutdown_sinks(&self) {
+        if let Some(spool) = &self.spool {
+            spool.shutdown().await;
+        }
         futures_util::future::join_all(self.sinks.values().map(|s| s.shutdown())).await;
     }
 }

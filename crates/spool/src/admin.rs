@@ -1,0 +1,181 @@
+//! Offline views and edits of a spool directory, for `cal-relay spool`. Reading is safe while a
+//! relay runs (it never writes the log); `replay` hands dead letters back through the inbox,
+//! which a running relay takes within a second and a stopped one at its next start.
+
+use std::io;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::dead;
+use crate::log;
+use crate::record::Entry;
+
+/// Totals of a spool directory.
+#[derive(Debug)]
+pub struct Stats {
+    pub entries: usize,
+    pub bytes: u64,
+    pub segments: usize,
+    pub oldest: Option<SystemTime>,
+    pub dead_letters: usize,
+    pub inbox: usize,
+    /// Bytes after the last readable record (a torn tail the next start cuts off).
+    pub unreadable_bytes: u64,
+}
+
+/// What an entry is waiting for.
+#[derive(Debug)]
+pub enum State {
+    Pending,
+    Dead {
+        sink: String,
+        reason: String,
+        detail: String,
+        attempts: u32,
+        dead_at: SystemTime,
+    },
+}
+
+/// One row of `spool list`.
+#[derive(Debug)]
+pub struct Item {
+    /// `SEQ` for a pending entry, `SEQ.SINK` for a dead letter.
+    pub id: String,
+    pub state: State,
+    pub entry: Entry,
+}
+
+pub fn stats(dir: &Path) -> io::Result<Stats> {
+    let scan = log::scan(dir, false)?;
+    Ok(Stats {
+        entries: scan.pending.len(),
+        bytes: log::segments(dir)?
+            .iter()
+            .filter_map(|(_, p)| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum(),
+        segments: scan.segments.len(),
+        oldest: scan
+            .pending
+            .iter()
+            .map(|(e, _)| e.message.received_at)
+            .min(),
+        dead_letters: dead::dead_letters(dir)?.len(),
+        inbox: dead::inbox(dir)?.len(),
+        unreadable_bytes: scan.damaged.iter().map(|d| d.2).sum(),
+    })
+}
+
+/// Pending entries (log order), then dead letters.
+pub fn list(dir: &Path) -> io::Result<Vec<Item>> {
+    let scan = log::scan(dir, false)?;
+    let mut out: Vec<Item> = scan
+        .pending
+        .into_iter()
+        .map(|(entry, _)| Item {
+            id: entry.seq.to_string(),
+            state: State::Pending,
+            entry,
+        })
+        .collect();
+    for (d, _) in dead::dead_letters(dir)? {
+        out.push(Item {
+            id: dead::dead_id(d.entry.seq, &d.sink),
+            state: State::Dead {
+                sink: d.sink,
+                reason: d.reason,
+                detail: d.detail,
+                attempts: d.attempts,
+                dead_at: d.dead_at,
+            },
+            entry: d.entry,
+        });
+    }
+    Ok(out)
+}
+
+pub fn show(dir: &Path, id: &str) -> io::Result<Option<Item>> {
+    Ok(list(dir)?.into_iter().find(|i| i.id == id))
+}
+
+/// Hand dead letter `id` (or all, with `None`) back for delivery; the ids handed back.
+pub fn replay(dir: &Path, id: Option<&str>) -> io::Result<Vec<String>> {
+    let mut done = Vec::new();
+    for (d, path) in dead::dead_letters(dir)? {
+        let this = dead::dead_id(d.entry.seq, &d.sink);
+        if id.is_some_and(|id| id != this) {
+            continue;
+        }
+        dead::put_inbox(dir, &this, &d.entry)?;
+        std::fs::remove_file(&path)?;
+        done.push(this);
+    }
+    Ok(done)
+}
+
+/// Delete dead letter `id` (or all, with `None`); the ids deleted.
+pub fn purge(dir: &Path, id: Option<&str>) -> io::Result<Vec<String>> {
+    let mut done = Vec::new();
+    for (d, path) in dead::dead_letters(dir)? {
+        let this = dead::dead_id(d.entry.seq, &d.sink);
+        if id.is_some_and(|id| id != this) {
+            continue;
+        }
+        std::fs::remove_file(&path)?;
+        done.push(this);
+    }
+    Ok(done)
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Item {
+    /// The item as JSON; the body as text (lossy) when `with_body`.
+    pub fn to_json(&self, with_body: bool) -> Value {
+        let m = &self.entry.message;
+        let mut v = json!({
+            "id": self.id,
+            "seq": self.entry.seq,
+            "deliveryId": m.id,
+            "destination": m.destination,
+            "key": m.key,
+            "targets": self.entry.targets,
+            "receivedAtMs": millis(m.received_at),
+            "bodyBytes": m.body.len(),
+        });
+        match &self.state {
+            State::Pending => v["state"] = json!("pending"),
+            State::Dead {
+                sink,
+                reason,
+                detail,
+                attempts,
+                dead_at,
+            } => {
+                v["state"] = json!("dead");
+                v["sink"] = json!(sink);
+                v["reason"] = json!(reason);
+                v["detail"] = json!(detail);
+                v["attempts"] = json!(attempts);
+                v["deadAtMs"] = json!(millis(*dead_at));
+            }
+        }
+        if with_body {
+            let headers: serde_json::Map<String, Value> = m
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            v["headers"] = Value::Object(headers);
+            v["contentType"] = json!(m.content_type);
+            v["body"] = json!(String::from_utf8_lossy(&m.body));
+        }
+        v
+    }
+}

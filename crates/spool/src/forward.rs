@@ -1,0 +1,278 @@
+//! Forwarding spooled entries to their sinks. Each sink has a fixed number of lanes; an entry
+//! goes to the lane its key hashes to (its id when it has no key), and a lane publishes one
+//! entry at a time, retrying until the sink confirms. So entries with the same key reach a
+//! sink in log order, across retries and restarts, while different keys go in parallel.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use cal_relay_sink::{Message, Sink, SinkError};
+use tokio::sync::{mpsc, watch};
+
+use crate::log::{Command, Dispatch};
+use crate::record::{DeadLetter, Entry};
+use crate::SpoolMetrics;
+
+/// How failed publishes are retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    /// Attempts before a message a sink refuses permanently becomes a dead letter. Transient
+    /// failures (broker down, timeouts) are retried without limit.
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// Exponential backoff with full jitter: a random wait in [d/2, d], d doubling per attempt.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX));
+        let d = exp.min(self.max);
+        let half = d / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// The lanes' senders, by sink; the log's writer dispatches into them.
+pub struct Lanes {
+    senders: BTreeMap<String, Vec<mpsc::UnboundedSender<Arc<Entry>>>>,
+}
+
+/// Which of `n` lanes carries `message`.
+pub fn lane_of(message: &Message, n: usize) -> usize {
+    let mut h = std::hash::DefaultHasher::new();
+    message.key.as_deref().unwrap_or(&message.id).hash(&mut h);
+    (h.finish() % n.max(1) as u64) as usize
+}
+
+impl Dispatch for Lanes {
+    fn dispatch(&mut self, entry: Arc<Entry>) {
+        for target in &entry.targets {
+            if let Some(lanes) = self.senders.get(target) {
+                let i = lane_of(&entry.message, lanes.len());
+                if let Some(lane) = lanes.get(i) {
+                    let _ = lane.send(entry.clone());
+                }
+            }
+        }
+    }
+}
+
+/// What every lane shares.
+pub struct Context {
+    pub dir: PathBuf,
+    pub policy: RetryPolicy,
+    pub metrics: SpoolMetrics,
+    pub commands: Sender<Command>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Start `per_sink` lanes for every sink; the dispatcher and the tasks.
+pub fn start(
+    sinks: &BTreeMap<String, Arc<dyn Sink>>,
+    per_sink: usize,
+    ctx: Arc<Context>,
+) -> (Lanes, Vec<tokio::task::JoinHandle<()>>) {
+    let mut senders = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for (name, sink) in sinks {
+        let mut lanes = Vec::with_capacity(per_sink);
+        for _ in 0..per_sink.max(1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            lanes.push(tx);
+            tasks.push(tokio::spawn(run_lane(
+                ctx.clone(),
+                name.clone(),
+                sink.clone(),
+                rx,
+            )));
+        }
+        senders.insert(name.clone(), lanes);
+    }
+    (Lanes { senders }, tasks)
+}
+
+async fn run_lane(
+    ctx: Arc<Context>,
+    name: String,
+    sink: Arc<dyn Sink>,
+    mut entries: mpsc::UnboundedReceiver<Arc<Entry>>,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let entry = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            entry = entries.recv() => match entry {
+                Some(e) => e,
+                None => return,
+            },
+        };
+        if !forward(&ctx, &name, sink.as_ref(), &entry, &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Publish `entry` to `sink` until it is confirmed or dead-lettered; false on shutdown.
+async fn forward(
+    ctx: &Context,
+    name: &str,
+    sink: &dyn Sink,
+    entry: &Entry,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let m = &ctx.metrics;
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+            r = sink.publish(&entry.message) => r,
+        };
+        m.publish_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        attempt += 1;
+        let error = match result {
+            Ok(()) => {
+                m.published.with_label_values(&[name, &entry.label]).inc();
+                done(ctx, entry.seq, name);
+                return true;
+            }
+            Err(e) => e,
+        };
+        m.publish_errors
+            .with_label_values(&[name, &entry.label, error.reason])
+            .inc();
+        if error.permanent && attempt >= ctx.policy.max_attempts {
+            bury(ctx, name, entry, &error, attempt).await;
+            return true;
+        }
+        m.retries.with_label_values(&[name, error.reason]).inc();
+        let delay = ctx.policy.delay(attempt - 1);
+        tracing::debug!(
+            sink = name,
+            seq = entry.seq,
+            attempt,
+            reason = error.reason,
+            ?delay,
+            "spool: retrying"
+        );
+        if attempt == 1 || attempt.is_power_of_two() {
+            tracing::warn!(
+                sink = name,
+                seq = entry.seq,
+                delivery_id = %entry.message.id,
+                attempt,
+                reason = error.reason,
+                detail = %error.detail,
+                "spool: publish failed; will retry"
+            );
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn done(ctx: &Context, seq: u64, sink: &str) {
+    let _ = ctx.commands.send(Command::Done {
+        seq,
+        sink: sink.to_owned(),
+    });
+}
+
+/// Move `entry` to the dead-letter store for `sink`, then mark it done there.
+async fn bury(ctx: &Context, sink: &str, entry: &Entry, error: &SinkError, attempts: u32) {
+    let dead = DeadLetter {
+        entry: Entry {
+            targets: vec![sink.to_owned()],
+            ..entry.clone()
+        },
+        sink: sink.to_owned(),
+        reason: error.reason.to_owned(),
+        detail: error.detail.clone(),
+        attempts,
+        dead_at: SystemTime::now(),
+    };
+    let dir = ctx.dir.clone();
+    let stored = tokio::task::spawn_blocking(move || crate::dead::put_dead(&dir, &dead)).await;
+    match stored {
+        Ok(Ok(path)) => {
+            tracing::warn!(
+                sink,
+                seq = entry.seq,
+                delivery_id = %entry.message.id,
+                reason = error.reason,
+                detail = %error.detail,
+                attempts,
+                path = %path.display(),
+                "spool: dead letter"
+            );
+            ctx.metrics
+                .dead_letters
+                .with_label_values(&[sink, error.reason])
+                .inc();
+            done(ctx, entry.seq, sink);
+        }
+        // Not stored: keep the entry in the log (it is retried after a restart) rather than
+        // lose it.
+        Ok(Err(e)) => {
+            tracing::error!(sink, seq = entry.seq, error = %e, "spool: cannot store dead letter")
+        }
+        Err(e) => tracing::error!(sink, seq = entry.seq, error = %e, "spool: dead letter task"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let p = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            max_attempts: 3,
+        };
+        for _ in 0..100 {
+            let d0 = p.delay(0);
+            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
+            let d3 = p.delay(3);
+            assert!(d3 >= Duration::from_millis(400) && d3 <= Duration::from_millis(800));
+            let d30 = p.delay(30);
+            assert!(d30 >= Duration::from_millis(2500) && d30 <= Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn same_key_same_lane() {
+        let m = |id: &str, key: Option<&str>| Message {
+            id: id.into(),
+            destination: "d".into(),
+            key: key.map(Into::into),
+            headers: vec![],
+            content_type: "application/json".into(),
+            body: Default::default(),
+            received_at: SystemTime::UNIX_EPOCH,
+        };
+        assert_eq!(
+            lane_of(&m("1", Some("uid")), 64),
+            lane_of(&m("2", Some("uid")), 64)
+        );
+        let spread: std::collections::BTreeSet<_> = (0..200)
+            .map(|i| lane_of(&m(&i.to_string(), None), 64))
+            .collect();
+        assert!(spread.len() > 32);
+    }
+}

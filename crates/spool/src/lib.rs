@@ -1,0 +1,395 @@
+//! cal-relay's durable acceptance. [`Spool::accept`] appends a routed message to a local,
+//! checksummed write-ahead log and resolves once it is fsync'd (concurrent appends share one
+//! fsync); a forwarder then publishes each entry to its sinks with retries, in per-key order,
+//! and marks it done per sink. Messages a sink refuses permanently go to a dead-letter store.
+//! On start the log is replayed and a torn tail is cut off. [`admin`] reads and edits a spool
+//! directory offline for `cal-relay spool`.
+//!
+//! This crate knows sinks only through the `Sink` trait and messages only as `Message`: it must
+//! not know about HTTP, Cal.com payloads or any broker. It never answers a sender; the caller
+//! decides what an accepted or refused append means.
+
+pub mod admin;
+pub mod dead;
+mod forward;
+pub mod log;
+pub mod record;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cal_relay_sink::{Message, Sink};
+use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::watch;
+
+pub use forward::RetryPolicy;
+use log::Command;
+use record::{Entry, Record};
+
+/// Where and how to spool.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Bound of the log on disk; appends beyond it are refused with [`SpoolError::Full`].
+    pub max_bytes: u64,
+    /// fsync before an append resolves (off only for throwaway benchmarks).
+    pub fsync: bool,
+    pub retry: RetryPolicy,
+    /// Parallel lanes per sink (different keys in flight at once).
+    pub lanes: usize,
+}
+
+/// Why an append was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool is full ({used} of {max} bytes used)")]
+    Full { used: u64, max: u64 },
+    #[error("spool i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("the spool is closed")]
+    Closed,
+    #[error("spool directory {0} is in use by another relay")]
+    Locked(PathBuf),
+}
+
+impl SpoolError {
+    /// A short word for answers, logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpoolError::Full { .. } => "spool_full",
+            SpoolError::Io(_) => "spool_io",
+            SpoolError::Closed => "spool_closed",
+            SpoolError::Locked(_) => "spool_locked",
+        }
+    }
+}
+
+/// Publish metrics shared with the caller (same series as its direct publishes; labels
+/// `{sink, label}`, `{sink, label, reason}`, `{sink}`), plus the spool's own.
+#[derive(Clone)]
+pub struct SpoolMetrics {
+    pub published: IntCounterVec,
+    pub publish_errors: IntCounterVec,
+    pub publish_duration: HistogramVec,
+    retries: IntCounterVec,
+    dead_letters: IntCounterVec,
+    entries: IntGauge,
+    bytes: IntGauge,
+    oldest_age: Gauge,
+    full: IntGauge,
+    overflow: IntCounter,
+}
+
+impl SpoolMetrics {
+    /// Register the spool's metrics in `registry`, reusing the caller's publish series.
+    pub fn register(
+        registry: &Registry,
+        published: IntCounterVec,
+        publish_errors: IntCounterVec,
+        publish_duration: HistogramVec,
+    ) -> Result<SpoolMetrics, prometheus::Error> {
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let oldest_age = Gauge::new(
+            "cal_relay_spool_oldest_age_seconds",
+            "Age of the oldest delivery still waiting for a sink (0 when none).",
+        )?;
+        registry.register(Box::new(oldest_age.clone()))?;
+        let overflow = IntCounter::new(
+            "cal_relay_spool_overflow_total",
+            "Deliveries the full spool could not take (published directly instead, or 503).",
+        )?;
+        registry.register(Box::new(overflow.clone()))?;
+        Ok(SpoolMetrics {
+            published,
+            publish_errors,
+            publish_duration,
+            retries: counter_vec(
+                "cal_relay_spool_retries_total",
+                "Failed forwarding attempts that will be retried.",
+                &["sink", "reason"],
+            )?,
+            dead_letters: counter_vec(
+                "cal_relay_dead_letters_total",
+                "Messages moved to the dead-letter store.",
+                &["sink", "reason"],
+            )?,
+            entries: gauge(
+                "cal_relay_spool_entries",
+                "Deliveries in the spool with a sink still to reach.",
+            )?,
+            bytes: gauge("cal_relay_spool_bytes", "Bytes of the spool's log on disk.")?,
+            oldest_age,
+            full: gauge(
+                "cal_relay_spool_full",
+                "1 while the spool refuses appends because it reached max_bytes.",
+            )?,
+            overflow,
+        })
+    }
+}
+
+/// A running spool: the log's writer thread, the forwarder's lanes, the inbox poller.
+pub struct Spool {
+    commands: Sender<Command>,
+    bytes: Arc<AtomicU64>,
+    max_bytes: u64,
+    metrics: SpoolMetrics,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    _lock: std::fs::File,
+}
+
+/// How often the inbox (messages handed back by `cal-relay spool replay`) is looked at.
+const INBOX_EVERY: Duration = Duration::from_secs(1);
+
+impl Spool {
+    /// Open (or create) the spool in `config.dir`, replay what is pending, and start forwarding
+    /// to `sinks`. Must be called inside a tokio runtime.
+    pub fn open(
+        config: &SpoolConfig,
+        sinks: &BTreeMap<String, Arc<dyn Sink>>,
+        metrics: SpoolMetrics,
+    ) -> Result<Arc<Spool>, SpoolError> {
+        let dir = config.dir.as_path();
+        std::fs::create_dir_all(dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        if lock.try_lock().is_err() {
+            return Err(SpoolError::Locked(config.dir.clone()));
+        }
+        let scan = log::scan(dir, true)?;
+        for (path, kept, dropped) in &scan.damaged {
+            tracing::warn!(
+                path = %path.display(),
+                kept_bytes = kept,
+                dropped_bytes = dropped,
+                "spool: cut a torn or corrupt tail off the log"
+            );
+        }
+        let (commands, receiver) = std::sync::mpsc::channel();
+        // Targets that are no longer configured cannot be reached: dead-letter them (the
+        // writer still counts them until their DONE below).
+        let mut orphans = Vec::new();
+        let mut replay = Vec::new();
+        for (entry, _) in &scan.pending {
+            let (known, unknown): (Vec<_>, Vec<_>) = entry
+                .targets
+                .iter()
+                .cloned()
+                .partition(|t| sinks.contains_key(t));
+            for sink in unknown {
+                orphans.push((entry.clone(), sink));
+            }
+            if !known.is_empty() {
+                replay.push(Entry {
+                    targets: known,
+                    ..entry.clone()
+                });
+            }
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ctx = Arc::new(forward::Context {
+            dir: config.dir.clone(),
+            policy: config.retry.clone(),
+            metrics: metrics.clone(),
+            commands: commands.clone(),
+            shutdown: shutdown_rx,
+        });
+        let (mut lanes, tasks) = forward::start(sinks, config.lanes, ctx);
+        let bytes = Arc::new(AtomicU64::new(0));
+        let gauges = log::Gauges {
+            bytes: bytes.clone(),
+            entries: metrics.entries.clone(),
+            bytes_gauge: metrics.bytes.clone(),
+            oldest_age: metrics.oldest_age.clone(),
+        };
+        let replayed = replay.len();
+        for entry in replay {
+            use log::Dispatch;
+            lanes.dispatch(Arc::new(entry));
+        }
+        let writer = log::Writer::new(dir, &scan, config.fsync, config.max_bytes, lanes, gauges)?;
+        let writer = std::thread::Builder::new()
+            .name("cal-relay-spool".into())
+            .spawn(move || writer.run(receiver))?;
+        for (entry, sink) in orphans {
+            let dead = record::DeadLetter {
+                entry: Entry {
+                    targets: vec![sink.clone()],
+                    ..entry.clone()
+                },
+                sink: sink.clone(),
+                reason: "unknown_sink".into(),
+                detail: format!("sink {sink:?} is no longer configured"),
+                attempts: 0,
+                dead_at: std::time::SystemTime::now(),
+            };
+            dead::put_dead(dir, &dead)?;
+            metrics
+                .dead_letters
+                .with_label_values(&[&sink, "unknown_sink"])
+                .inc();
+            let _ = commands.send(Command::Done {
+                seq: entry.seq,
+                sink,
+            });
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            replayed,
+            max_bytes = config.max_bytes,
+            fsync = config.fsync,
+            "spool open"
+        );
+        let spool = Arc::new(Spool {
+            commands,
+            bytes,
+            max_bytes: config.max_bytes,
+            metrics,
+            shutdown,
+            tasks: Mutex::new(tasks),
+            writer: Mutex::new(Some(writer)),
+            _lock: lock,
+        });
+        let poller = tokio::spawn(poll_inbox(
+            Arc::downgrade(&spool),
+            config.dir.clone(),
+            spool.shutdown.subscribe(),
+        ));
+        if let Ok(mut tasks) = spool.tasks.lock() {
+            tasks.push(poller);
+        }
+        Ok(spool)
+    }
+
+    /// Append `message` for `targets`; resolves once it is durable (fsync'd). `label` is kept
+    /// for the publish metrics.
+    pub async fn accept(
+        &self,
+        message: &Message,
+        targets: &[String],
+        label: &str,
+    ) -> Result<u64, SpoolError> {
+        let entry = Entry {
+            seq: 0,
+            targets: targets.to_vec(),
+            label: label.to_owned(),
+            message: message.clone(),
+        };
+        self.append(Box::new(entry)).await
+    }
+
+    async fn append(&self, entry: Box<Entry>) -> Result<u64, SpoolError> {
+        let frame = Record::put_frame(&entry);
+        let used = self.bytes.load(Ordering::Relaxed);
+        if used + frame.len() as u64 > self.max_bytes {
+            self.metrics.full.set(1);
+            self.metrics.overflow.inc();
+            return Err(SpoolError::Full {
+                used,
+                max: self.max_bytes,
+            });
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Put {
+                entry,
+                frame,
+                reply,
+            })
+            .map_err(|_| SpoolError::Closed)?;
+        let seq = answer.await.map_err(|_| SpoolError::Closed)??;
+        self.metrics.full.set(0);
+        Ok(seq)
+    }
+
+    /// Whether the last append was refused for lack of room.
+    pub fn is_full(&self) -> bool {
+        self.metrics.full.get() == 1
+    }
+
+    /// Stop forwarding (entries not yet confirmed stay in the log for the next start) and close
+    /// the log.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let tasks = self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        futures_util::future::join_all(tasks).await;
+        let _ = self.commands.send(Command::Stop);
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        tracing::info!("spool closed");
+    }
+}
+
+/// Take messages handed back by `cal-relay spool replay` into the log.
+async fn poll_inbox(
+    spool: std::sync::Weak<Spool>,
+    dir: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let Some(spool) = spool.upgrade() else {
+            return;
+        };
+        take_inbox(&spool, &dir).await;
+        drop(spool);
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(INBOX_EVERY) => {}
+        }
+    }
+}
+
+async fn take_inbox(spool: &Spool, dir: &Path) {
+    let files = match dead::inbox(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "spool: cannot read the inbox");
+            return;
+        }
+    };
+    for (entry, path) in files {
+        match entry {
+            Some(entry) => match spool.append(Box::new(entry)).await {
+                Ok(seq) => {
+                    tracing::info!(seq, path = %path.display(), "spool: replayed from inbox");
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(error = %e, path = %path.display(), "spool: inbox file stays");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "spool: inbox waits");
+                    return;
+                }
+            },
+            None => {
+                tracing::warn!(path = %path.display(), "spool: unreadable inbox file, moved aside");
+                let _ = std::fs::rename(&path, path.with_extension("bad"));
+            }
+        }
+    }
+}
