@@ -4,22 +4,10 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::amqp::*;
 use support::*;
 
 const PATH: &str = SOURCE_PATH;
-
-fn broker(action: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/brokers.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(action)
-        .status()
-        .unwrap();
-    assert!(status.success(), "brokers.sh {action} failed");
-}
 
 #[tokio::test]
 async fn deliveries_fail_during_a_broker_restart_and_succeed_after() {

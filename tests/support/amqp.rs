@@ -100,3 +100,53 @@ pub fn header(d: &Delivery, name: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// Run `scripts/brokers.sh ACTION` (e.g. `rabbit-stop-app`, `rabbit-start-app`).
+pub fn broker(action: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/brokers.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(action)
+        .status()
+        .unwrap();
+    assert!(status.success(), "brokers.sh {action} failed");
+}
+
+/// A durable queue (survives a broker restart) bound to `exchange` with `pattern`.
+pub async fn durable_queue(channel: &Channel, exchange: &str, pattern: &str) -> String {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let queue = unique("dq");
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    queue
+}

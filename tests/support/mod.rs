@@ -117,6 +117,35 @@ pub fn fixtures() -> Vec<Fixture> {
         .collect()
 }
 
+/// A distinct BOOKING_CREATED delivery (from the fixture) for booking `uid`, carrying `n` in
+/// `payload.relayTestSeq` so tests can check order.
+pub fn booking(uid: &str, n: u64) -> Vec<u8> {
+    static TEMPLATE: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let mut v = TEMPLATE
+        .get_or_init(|| {
+            let f = fixtures()
+                .into_iter()
+                .find(|f| f.trigger() == Some("BOOKING_CREATED") && !f.is_flat())
+                .expect("a BOOKING_CREATED fixture");
+            serde_json::from_slice(&f.body).unwrap()
+        })
+        .clone();
+    v["payload"]["uid"] = Value::from(uid);
+    v["payload"]["relayTestSeq"] = Value::from(n);
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// `relayTestSeq` of a body made by [`booking`].
+pub fn booking_seq(body: &[u8]) -> u64 {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    v["payload"]["relayTestSeq"].as_u64().unwrap()
+}
+
+/// A signed POST of a [`booking`] body.
+pub fn signed_booking(body: &[u8]) -> Post<'static> {
+    Post::signed(SOURCE_PATH, &fixture_secret(), body, "application/json")
+}
+
 pub fn sha256_hex(body: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(body))
 }
@@ -128,6 +157,11 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// `[delivery]` in spool mode with the log under the relay's directory; `extra` adds keys.
+pub fn spool_section(extra: &str) -> String {
+    format!("\n[delivery]\nmode = \"spool\"\ndir = \"{{dir}}/spool\"\n{extra}\n")
 }
 
 /// Path of the fixture source in [`one_sink_config`].
