@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# cal-relay benchmarks: everything measured in one run, under the same load.
+#   1. baseline: a bare hyper 1.x server that reads the body and answers 200 (bench/baseline)
+#   2. the relay (verify, normalize, route) with the file sink writing to /dev/null, confirm mode
+#      (also the RSS run: BENCH_RSS_SECS long, RSS sampled every second)
+#   3. the same in spool mode (fsync'd log before the answer): the cost of durable acceptance
+#   4. per broker (Kafka on tansu, RabbitMQ, NATS JetStream): its own client publishing the same
+#      messages with the same guarantee (bench/clients), then the relay with that sink.
+# Load: wrk, 2 threads, 64 keep-alive connections, BENCH_BODIES distinct signed ~2 KB
+# BOOKING_CREATED deliveries in rotation; broker clients keep 64 publishes in flight. The relay
+# runs with de-duplication off, so repeated bodies are published every time.
+# Usage: bench/run.sh [seconds per run, default 10]   (after scripts/test.sh installed the brokers)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-${BENCH_SECS:-10}}
+RSS_SECS=${BENCH_RSS_SECS:-60}
+NBODIES=${BENCH_BODIES:-50000}
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+for tool in nats-server tansu; do
+  command -v "$tool" >/dev/null || { echo "$tool missing: run scripts/test.sh once" >&2; exit 2; }
+done
+cargo build --release --locked -q -p cal-relay -p bench-baseline -p bench-clients
+W=$(mktemp -d)
+SECRET=bench-secret
+PORT=18080
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/brokers.sh stop >/dev/null 2>&1 || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+target/release/bench-clients gen --fixture ../shared/fixtures/deliveries/BOOKING_CREATED.body \
+  --secret "$SECRET" --count "$NBODIES" --out "$W/bodies.tsv"
+export BODIES="$W/bodies.tsv"
+echo "== $NBODIES distinct bodies, $(awk -F'\t' '{n+=length($2)} END {printf "%.0f", n/NR}' "$W/bodies.tsv") bytes on average; $SECS s per run"
+
+echo "== brokers"
+nats-server -js -sd "$W/js" -a 127.0.0.1 -p 14333 >/dev/null 2>&1 & pids+=($!)
+tansu broker --listener-url tcp://127.0.0.1:19393 --advertised-listener-url tcp://127.0.0.1:19393 \
+  --storage-engine memory://tansu/ >"$W/tansu.log" 2>&1 & pids+=($!)
+scripts/brokers.sh start >/dev/null
+AMQP="amqp://guest:guest@127.0.0.1:25682/%2f"
+
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.2f", v}'; }
+kb() { awk -v k="$2" '$1==k":" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# run_wrk NAME PID SECS: load the server on $PORT; appends a row to results.
+run_wrk() {
+  local name=$1 pid=$2 secs=$3
+  : > "$W/$name.rss"
+  ( while kill -0 "$pid" 2>/dev/null; do kb "$pid" VmRSS >> "$W/$name.rss"; sleep 1; done ) & local sampler=$!
+  wrk -t2 -c64 -d"${secs}s" --latency -s bench/deliveries.lua "http://127.0.0.1:$PORT/webhooks/cal" > "$W/$name.wrk"
+  kill "$sampler" 2>/dev/null || true
+  local rps p50 p99 non2xx errs hwm early late
+  rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$W/$name.wrk")
+  p50=$(awk '$1=="50%" {print $2}' "$W/$name.wrk" | to_ms)
+  p99=$(awk '$1=="99%" {print $2}' "$W/$name.wrk" | to_ms)
+  non2xx=$(awk '/Non-2xx/ {print $5}' "$W/$name.wrk"); non2xx=${non2xx:-0}
+  errs=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' "$W/$name.wrk"); errs=${errs:-0}
+  hwm=$(kb "$pid" VmHWM)
+  early=$(awk 'NR==3' "$W/$name.rss"); late=$(tail -n1 "$W/$name.rss")
+  printf "%s %s %s %s %s %s %s %s %s\n" "$name" "$rps" "$p50" "$p99" "$non2xx" "$errs" "$((hwm/1024))" "$((${early:-0}/1024))" "$((${late:-0}/1024))" >> "$W/results"
+}
+
+# start_relay NAME MODE SINK-TOML: the relay on $PORT with every trigger routed to one sink.
+start_relay() {
+  local name=$1 mode=$2 sink=$3
+  cat > "$W/$name.toml" <<CONF
+[server]
+listen = "127.0.0.1:$PORT"
+[log]
+level = "warn"
+[delivery]
+mode = "$mode"
+dir = "$W/spool-$name"
+dedup_window_secs = 0
+[[sources]]
+name = "cal"
+path = "/webhooks/cal"
+secrets = ["$SECRET"]
+[sinks.out]
+$sink
+[[routes]]
+triggers = ["*"]
+sinks = ["out"]
+CONF
+  target/release/cal-relay serve --config "$W/$name.toml" 2>"$W/$name.log" & RELAY=$!
+  pids+=($RELAY)
+  for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && return; sleep 0.1; done
+  echo "relay $name not ready:" >&2; cat "$W/$name.log" >&2; exit 1
+}
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# client NAME ARGS...: a broker's own client; appends a row.
+client() {
+  local name=$1; shift
+  target/release/bench-clients "$@" --bodies "$BODIES" --secs "$SECS" --inflight 64 > "$W/$name.out"
+  awk -v n="$name" '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]}} END {printf "%s %s %s %s %s 0 - - -\n", n, v["rate"], v["p50_ms"], v["p99_ms"], v["errors"]}' "$W/$name.out" >> "$W/results"
+}
+
+echo "== baseline"
+target/release/bench-baseline "127.0.0.1:$PORT" 2>/dev/null & B=$!; pids+=($B)
+sleep 0.5
+run_wrk baseline "$B" "$SECS"; stop "$B"
+
+echo "== relay, file sink (/dev/null), confirm, ${RSS_SECS} s"
+start_relay file confirm $'type = "file"\npath = "/dev/null"'
+run_wrk relay-file "$RELAY" "$RSS_SECS"; stop "$RELAY"
+
+echo "== relay, file sink (/dev/null), spool (fsync)"
+start_relay spool spool $'type = "file"\npath = "/dev/null"'
+run_wrk relay-file-spool "$RELAY" "$SECS"; stop "$RELAY"
+
+echo "== kafka"
+# The relay first: it creates the topic (3 partitions) that the client then writes to too.
+start_relay kafka confirm $'type = "kafka"\nbrokers = "127.0.0.1:19393"\ncreate_topics = true'
+run_wrk relay-kafka "$RELAY" "$SECS"; stop "$RELAY"
+client kafka-client kafka --brokers 127.0.0.1:19393
+
+echo "== amqp"
+client amqp-client amqp --url "$AMQP" --exchange cal
+start_relay amqp confirm "type = \"amqp\""$'\n'"url = \"$AMQP\""$'\nexchange = "cal"'
+run_wrk relay-amqp "$RELAY" "$SECS"; stop "$RELAY"
+
+echo "== nats"
+client nats-client nats --url nats://127.0.0.1:14333
+start_relay nats confirm $'type = "nats"\nurl = "nats://127.0.0.1:14333"\nstream = { name = "CAL", subjects = ["cal.>"], duplicate_window_secs = 1 }'
+run_wrk relay-nats "$RELAY" "$SECS"; stop "$RELAY"
+
+echo
+echo "== results ($(nproc) cores; load generator, relay and brokers on this machine)"
+awk '
+  { name[NR]=$1; rps[$1]=$2; p50[$1]=$3; p99[$1]=$4; bad[$1]=$5; err[$1]=$6; rss[$1]=$7; early[$1]=$8; late[$1]=$9; order[NR]=$1 }
+  END {
+    printf "| %-17s | %9s | %8s | %8s | %8s | %13s | %-34s |\n", "run", "req/s", "p50 ms", "p99 ms", "non-2xx", "peak RSS MB", "ratio"
+    printf "|%s|%s|%s|%s|%s|%s|%s|\n", "-------------------", "-----------", "----------", "----------", "----------", "---------------", "------------------------------------"
+    for (i=1; i<=NR; i++) {
+      n=order[i]; r=""
+      if (n=="relay-file") r=sprintf("%.1f%% of baseline, p99 %+.2f ms", 100*rps[n]/rps["baseline"], p99[n]-p99["baseline"])
+      if (n=="relay-file-spool") r=sprintf("%.1f%% of confirm mode (fsync cost)", 100*rps[n]/rps["relay-file"])
+      if (n ~ /^relay-(kafka|amqp|nats)$/) { c=n; sub(/relay-/,"",c); c=c "-client"; r=sprintf("%.1f%% of %s", 100*rps[n]/rps[c], c) }
+      if (rss[n]=="-") m="-"; else m=sprintf("%s (%s -> %s)", rss[n], early[n], late[n])
+      printf "| %-17s | %9s | %8s | %8s | %8s | %13s | %-34s |\n", n, rps[n], p50[n], p99[n], bad[n]+err[n], m, r
+    }
+  }' "$W/results"
+echo "(peak RSS: VmHWM; in brackets RSS 3 s into the run -> at its end. Client rows: errors in non-2xx.)"
