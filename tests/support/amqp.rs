@@ -31,6 +31,15 @@ pub async fn channel() -> (Connection, Channel) {
 
 /// Declare `exchange` as the relay does (durable topic) and a queue bound with `pattern`.
 pub async fn bound_queue(channel: &Channel, exchange: &str, pattern: &str) -> String {
+    declare_bound(channel, exchange, pattern, false).await
+}
+
+/// A durable queue (survives a broker restart) bound to `exchange` with `pattern`.
+pub async fn durable_queue(channel: &Channel, exchange: &str, pattern: &str) -> String {
+    declare_bound(channel, exchange, pattern, true).await
+}
+
+async fn declare_bound(channel: &Channel, exchange: &str, pattern: &str, durable: bool) -> String {
     channel
         .exchange_declare(
             exchange.into(),
@@ -43,12 +52,13 @@ pub async fn bound_queue(channel: &Channel, exchange: &str, pattern: &str) -> St
         )
         .await
         .unwrap();
-    let queue = unique("q");
+    let queue = unique(if durable { "dq" } else { "q" });
     channel
         .queue_declare(
             queue.as_str().into(),
             QueueDeclareOptions {
-                auto_delete: true,
+                durable,
+                auto_delete: !durable,
                 ..Default::default()
             },
             FieldTable::default(),
@@ -110,43 +120,4 @@ pub fn broker(action: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "brokers.sh {action} failed");
-}
-
-/// A durable queue (survives a broker restart) bound to `exchange` with `pattern`.
-pub async fn durable_queue(channel: &Channel, exchange: &str, pattern: &str) -> String {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let queue = unique("dq");
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.into(),
-            pattern.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    queue
 }
