@@ -432,7 +432,7 @@ impl Relay {
 
     /// Stop forwarding from the spool (what is not confirmed stays for the next start), then
     /// flush and close every sink.
-    pub async fn shutdown_sinks(&self) {
+    pub async fn shutdown_outputs(&self) {
         if let Some(spool) = &self.spool {
             spool.shutdown().await;
         }

@@ -96,6 +96,6 @@ pub async fn serve(
             "in-flight requests did not finish in time"
         );
     }
-    relay.shutdown_sinks().await;
+    relay.shutdown_outputs().await;
     tracing::info!("stopped");
 }

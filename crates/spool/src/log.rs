@@ -367,10 +367,12 @@ impl<D: Dispatch> Writer<D> {
             };
             match std::fs::remove_file(segment_path(&self.dir, seg.id)) {
                 Ok(()) => {
-                    self.gauges.bytes.fetch_sub(
-                        seg.size.min(self.gauges.bytes.load(Ordering::Relaxed)),
-                        Ordering::Relaxed,
-                    );
+                    let _ =
+                        self.gauges
+                            .bytes
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                                Some(b.saturating_sub(seg.size))
+                            });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, segment = seg.id, "spool: cannot delete segment");
