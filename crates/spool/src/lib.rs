@@ -220,6 +220,8 @@ impl Spool {
             entries: metrics.entries.clone(),
             bytes_gauge: metrics.bytes.clone(),
             oldest_age: metrics.oldest_age.clone(),
+            full: metrics.full.clone(),
+            max_bytes: config.max_bytes,
         };
         let replayed = replay.len();
         for entry in replay {

@@ -144,6 +144,10 @@ pub struct Gauges {
     pub entries: prometheus::IntGauge,
     pub bytes_gauge: prometheus::IntGauge,
     pub oldest_age: prometheus::Gauge,
+    /// Set by a refused append; cleared here once the log is back under half of `max_bytes`,
+    /// so readiness recovers even when no delivery arrives to succeed.
+    pub full: prometheus::IntGauge,
+    pub max_bytes: u64,
 }
 
 struct Live {
@@ -384,10 +388,12 @@ impl<D: Dispatch> Writer<D> {
     }
 
     fn update_gauges(&self) {
+        let bytes = self.gauges.bytes.load(Ordering::Relaxed);
         self.gauges.entries.set(self.live.len() as i64);
-        self.gauges
-            .bytes_gauge
-            .set(self.gauges.bytes.load(Ordering::Relaxed) as i64);
+        self.gauges.bytes_gauge.set(bytes as i64);
+        if self.gauges.full.get() == 1 && bytes <= self.gauges.max_bytes / 2 {
+            self.gauges.full.set(0);
+        }
         let age = self
             .live
             .values()
