@@ -78,6 +78,8 @@ pub struct Normalized {
     pub key: Option<String>,
     pub body: Bytes,
     pub content_type: String,
+    /// The body was scanned and is well-formed JSON (always so for envelopes and wrapped bodies).
+    pub json: bool,
 }
 
 /// Why a body cannot be relayed.
@@ -101,10 +103,10 @@ pub fn normalize(
         return Err(NormalizeError::Empty);
     }
     let Ok(root) = serde_json::from_slice::<Root>(&body) else {
-        return Ok(template(body, content_type));
+        return Ok(template(body, content_type, false));
     };
     let trigger = match root.trigger {
-        TriggerField::Absent => return Ok(template(body, content_type)),
+        TriggerField::Absent => return Ok(template(body, content_type, true)),
         TriggerField::Invalid => return Err(NormalizeError::InvalidTrigger),
         TriggerField::Str(t) if trigger::is_valid(&t) => t,
         TriggerField::Str(_) => return Err(NormalizeError::InvalidTrigger),
@@ -116,6 +118,7 @@ pub fn normalize(
             key: keys.pick(),
             body,
             content_type: JSON.to_owned(),
+            json: true,
         }),
         None => {
             let wrapped = wrap(&body, received_at).map_err(NormalizeError::Wrap)?;
@@ -125,13 +128,15 @@ pub fn normalize(
                 key: root.keys.pick(),
                 body: Bytes::from(wrapped),
                 content_type: JSON.to_owned(),
+                json: true,
             })
         }
     }
 }
 
-fn template(body: Bytes, content_type: Option<&str>) -> Normalized {
+fn template(body: Bytes, content_type: Option<&str>, json: bool) -> Normalized {
     Normalized {
+        json,
         shape: Shape::Template,
         trigger: None,
         key: None,
@@ -397,6 +402,7 @@ mod tests {
         );
         let n = normalize(body.clone(), Some(JSON), at()).unwrap();
         assert_eq!(n.shape, Shape::Envelope);
+        assert!(n.json);
         assert_eq!(n.body, body);
         assert_eq!(n.trigger.as_deref(), Some("BOOKING_CREATED"));
         assert_eq!(n.key.as_deref(), Some("abc"));
@@ -445,14 +451,19 @@ mod tests {
 
     #[test]
     fn templates() {
-        for (body, ct) in [
-            (&b"event=X&uid=1"[..], "application/x-www-form-urlencoded"),
-            (&b"false"[..], JSON),
-            (&br#"{"content":"hi"}"#[..], JSON),
-            (&b"{not json"[..], JSON),
+        for (body, ct, json) in [
+            (
+                &b"event=X&uid=1"[..],
+                "application/x-www-form-urlencoded",
+                false,
+            ),
+            (&b"false"[..], JSON, false),
+            (&br#"{"content":"hi"}"#[..], JSON, true),
+            (&b"{not json"[..], JSON, false),
         ] {
             let n = normalize(Bytes::copy_from_slice(body), Some(ct), at()).unwrap();
             assert_eq!(n.shape, Shape::Template);
+            assert_eq!(n.json, json);
             assert_eq!(n.body.as_ref(), body);
             assert_eq!(n.content_type, ct);
             assert_eq!(n.trigger, None);

@@ -144,6 +144,7 @@ impl Source {
                 headers: hdrs,
                 content_type: normalized.content_type,
                 body: normalized.body,
+                json_checked: normalized.json,
                 received_at: inbound.received_at,
             },
             route,

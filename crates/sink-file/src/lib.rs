@@ -157,7 +157,7 @@ pub fn encode_line(message: &Message) -> Vec<u8> {
     }
     line.extend_from_slice(b"},\"body\":");
     let body = &message.body;
-    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+    if message.json_checked || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
         // Valid JSON holds raw CR/LF only as whitespace between tokens: blank them to stay on
         // one line without re-serializing.
         line.extend(body.iter().map(|&b| match b {
@@ -241,6 +241,7 @@ mod tests {
             headers: vec![(Cow::Borrowed("cal-trigger"), "PING".into())],
             content_type: "application/json".into(),
             body: Bytes::from_static(body),
+            json_checked: false,
             received_at: SystemTime::now(),
         }
     }

@@ -28,6 +28,9 @@ pub struct Message {
     pub content_type: String,
     /// The bytes to publish, untouched by the sink.
     pub body: Bytes,
+    /// The producer of the message checked that `body` is well-formed JSON, so a sink that
+    /// embeds it as JSON need not scan it again. `false` means not known, not "not JSON".
+    pub json_checked: bool,
     /// When the relay received the delivery.
     pub received_at: SystemTime,
 }

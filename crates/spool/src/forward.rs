@@ -264,6 +264,7 @@ mod tests {
             headers: vec![],
             content_type: "application/json".into(),
             body: Default::default(),
+            json_checked: false,
             received_at: SystemTime::UNIX_EPOCH,
         };
         assert_eq!(

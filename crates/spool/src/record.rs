@@ -282,6 +282,8 @@ impl<'a> Reader<'a> {
                 headers,
                 content_type,
                 body,
+                // Not stored: a sink that cares checks the body again.
+                json_checked: false,
                 received_at,
             },
         })
@@ -304,6 +306,7 @@ pub(crate) mod tests {
                 headers: vec![(Cow::Borrowed("cal-trigger"), "BOOKING_CREATED".into())],
                 content_type: "application/json".into(),
                 body: Bytes::from(format!(r#"{{"n":{seq}}}"#)),
+                json_checked: false,
                 received_at: from_millis(1_700_000_000_123),
             },
         }
