@@ -4,7 +4,11 @@
 //! - `kafka`, `amqp`, `nats`: each broker's own Rust client publishing those messages with the
 //!   guarantee the relay's sink uses (acks=all idempotent / publisher confirms, persistent /
 //!   JetStream PubAck), `--inflight` at once, for `--secs`; prints the rate: the ceiling the
-//!   relay's sink is compared with.
+//!   relay's sink is compared with. Each message carries the headers the relay attaches
+//!   (trigger, webhook version, delivery id, receive time, content type, key), so the broker
+//!   does the same work per message in both runs.
+//! - `amqp --setup-only`: declare and empty the bench queue, then exit (before the relay's run,
+//!   so both runs start from an empty queue).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -56,6 +60,9 @@ enum Cmd {
         url: String,
         #[arg(long)]
         exchange: String,
+        /// Declare and purge the bench queue, publish nothing.
+        #[arg(long)]
+        setup_only: bool,
         #[command(flatten)]
         load: Load,
     },
@@ -72,6 +79,8 @@ struct Msg {
     id: String,
     key: String,
     body: Bytes,
+    /// The relay's headers, key header included, in its order.
+    headers: Vec<(&'static str, String)>,
 }
 
 const TOPIC: &str = "cal.booking.created";
@@ -85,10 +94,21 @@ fn read_bodies(path: &PathBuf) -> anyhow::Result<Vec<Msg>> {
             continue;
         };
         let v: serde_json::Value = serde_json::from_str(body)?;
+        let id = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+        let key = v["payload"]["uid"].as_str().unwrap_or_default().to_owned();
+        let headers = vec![
+            ("cal-trigger", "BOOKING_CREATED".to_owned()),
+            ("cal-webhook-version", "2021-10-20".to_owned()),
+            ("cal-delivery-id", id.clone()),
+            ("cal-received-at", "2026-11-24T12:00:00.000Z".to_owned()),
+            ("content-type", "application/json".to_owned()),
+            ("cal-key", key.clone()),
+        ];
         out.push(Msg {
-            id: hex::encode(sha2::Sha256::digest(body.as_bytes())),
-            key: v["payload"]["uid"].as_str().unwrap_or_default().to_owned(),
+            id,
+            key,
             body: Bytes::from(body.to_owned()),
+            headers,
         });
     }
     if out.is_empty() {
@@ -192,15 +212,15 @@ async fn main() -> anyhow::Result<()> {
             drive("kafka", &load, &msgs, |_, m| {
                 let producer = producer.clone();
                 async move {
-                    let headers = OwnedHeaders::new()
-                        .insert(Header {
-                            key: "cal-trigger",
-                            value: Some("BOOKING_CREATED"),
-                        })
-                        .insert(Header {
-                            key: "cal-delivery-id",
-                            value: Some(m.id.as_str()),
-                        });
+                    let headers = m.headers.iter().fold(
+                        OwnedHeaders::new_with_capacity(m.headers.len()),
+                        |h, (key, value)| {
+                            h.insert(Header {
+                                key,
+                                value: Some(value.as_str()),
+                            })
+                        },
+                    );
                     let record = FutureRecord::to(TOPIC)
                         .key(m.key.as_str())
                         .payload(m.body.as_ref())
@@ -217,11 +237,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Amqp {
             url,
             exchange,
+            setup_only,
             load,
         } => {
             use lapin::options::{
                 BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-                QueueBindOptions, QueueDeclareOptions,
+                QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
             };
             use lapin::types::{AMQPValue, FieldTable};
             let msgs = read_bodies(&load.bodies)?;
@@ -258,20 +279,27 @@ async fn main() -> anyhow::Result<()> {
                 FieldTable::default(),
             )
             .await?;
+            ch.queue_purge("cal-relay-bench".into(), QueuePurgeOptions::default())
+                .await?;
+            if setup_only {
+                return Ok(());
+            }
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
             drive("amqp", &load, &msgs, |_, m| {
                 let ch = ch.clone();
                 let exchange = exchange.clone();
                 async move {
                     let mut headers = FieldTable::default();
-                    headers.insert(
-                        "cal-trigger".into(),
-                        AMQPValue::LongString("BOOKING_CREATED".into()),
-                    );
+                    for (name, value) in &m.headers {
+                        headers
+                            .insert((*name).into(), AMQPValue::LongString(value.as_str().into()));
+                    }
                     let props = lapin::BasicProperties::default()
                         .with_delivery_mode(2)
                         .with_content_type("application/json".into())
                         .with_message_id(m.id.as_str().into())
+                        .with_timestamp(1_795_000_000)
+                        .with_app_id("cal-relay".into())
                         .with_headers(headers);
                     let confirm = ch
                         .basic_publish(
@@ -314,7 +342,9 @@ async fn main() -> anyhow::Result<()> {
                         "Nats-Msg-Id",
                         format!("client-{}-{i}", &m.id[..16]).as_str(),
                     );
-                    headers.insert("cal-trigger", "BOOKING_CREATED");
+                    for (name, value) in &m.headers {
+                        headers.insert(*name, value.as_str());
+                    }
                     let publish = PublishMessage::build()
                         .payload(m.body.clone())
                         .headers(headers);
