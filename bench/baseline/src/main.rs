@@ -35,6 +35,7 @@ async fn main() -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let _ = http1::Builder::new()
+                .writev(false) // as the relay does
                 .serve_connection(TokioIo::new(stream), service_fn(handle))
                 .await;
         });

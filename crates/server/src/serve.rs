@@ -76,6 +76,9 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .keep_alive(true)
+            // Answers are a few hundred bytes: one flat buffer and one write beat writev
+            // (about 5% more deliveries/s in bench/run.sh).
+            .writev(false)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
