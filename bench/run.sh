@@ -2,7 +2,8 @@
 # cal-relay benchmarks: everything measured in one run, under the same load.
 #   1. baseline: a bare hyper 1.x server that reads the body and answers 200 (bench/baseline)
 #   2. the relay (verify, normalize, route) with the file sink writing to /dev/null, confirm mode
-#      (also the RSS run: BENCH_RSS_SECS long, RSS sampled every second)
+#      (also the RSS run: BENCH_RSS_SECS long, RSS sampled every second), then the baseline
+#      again; the relay is compared with the mean of both baseline runs
 #   3. the same in spool mode (fsync'd log before the answer): the cost of durable acceptance
 #   4. per broker (Kafka on tansu, RabbitMQ, NATS JetStream): its own client publishing the same
 #      messages with the same guarantee (bench/clients), then the relay with that sink.
@@ -101,14 +102,24 @@ client() {
   awk -v n="$name" '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]}} END {printf "%s %s %s %s %s 0 - - -\n", n, v["rate"], v["p50_ms"], v["p99_ms"], v["errors"]}' "$W/$name.out" >> "$W/results"
 }
 
+# baseline NAME: the bare server for SECS. It runs before and after the relay's file-sink run,
+# and the relay is compared with the mean of the two, so drift of the machine during the run
+# shows and does not tilt the ratio.
+baseline() {
+  target/release/bench-baseline "127.0.0.1:$PORT" 2>/dev/null & B=$!; pids+=($B)
+  sleep 0.5
+  run_wrk "$1" "$B" "$SECS"; stop "$B"
+}
+
 echo "== baseline"
-target/release/bench-baseline "127.0.0.1:$PORT" 2>/dev/null & B=$!; pids+=($B)
-sleep 0.5
-run_wrk baseline "$B" "$SECS"; stop "$B"
+baseline baseline
 
 echo "== relay, file sink (/dev/null), confirm, ${RSS_SECS} s"
 start_relay file confirm $'type = "file"\npath = "/dev/null"'
 run_wrk relay-file "$RELAY" "$RSS_SECS"; stop "$RELAY"
+
+echo "== baseline again"
+baseline baseline-after
 
 echo "== relay, file sink (/dev/null), spool (fsync)"
 start_relay spool spool $'type = "file"\npath = "/dev/null"'
@@ -137,11 +148,12 @@ echo "== results ($(nproc) cores; load generator, relay and brokers on this mach
 awk '
   { name[NR]=$1; rps[$1]=$2; p50[$1]=$3; p99[$1]=$4; bad[$1]=$5; err[$1]=$6; rss[$1]=$7; early[$1]=$8; late[$1]=$9; order[NR]=$1 }
   END {
+    brps=(rps["baseline"]+rps["baseline-after"])/2; bp99=(p99["baseline"]+p99["baseline-after"])/2
     printf "| %-17s | %9s | %8s | %8s | %8s | %13s | %-34s |\n", "run", "req/s", "p50 ms", "p99 ms", "non-2xx", "peak RSS MB", "ratio"
     printf "|%s|%s|%s|%s|%s|%s|%s|\n", "-------------------", "-----------", "----------", "----------", "----------", "---------------", "------------------------------------"
     for (i=1; i<=NR; i++) {
       n=order[i]; r=""
-      if (n=="relay-file") r=sprintf("%.1f%% of baseline, p99 %+.2f ms", 100*rps[n]/rps["baseline"], p99[n]-p99["baseline"])
+      if (n=="relay-file") r=sprintf("%.1f%% of baseline (mean), p99 %+.2f ms", 100*rps[n]/brps, p99[n]-bp99)
       if (n=="relay-file-spool") r=sprintf("%.1f%% of confirm mode (fsync cost)", 100*rps[n]/rps["relay-file"])
       if (n ~ /^relay-(kafka|amqp|nats)$/) { c=n; sub(/relay-/,"",c); c=c "-client"; r=sprintf("%.1f%% of %s", 100*rps[n]/rps[c], c) }
       if (rss[n]=="-") m="-"; else m=sprintf("%s (%s -> %s)", rss[n], early[n], late[n])
