@@ -290,14 +290,13 @@ impl Sink for NatsSink {
         let publish = PublishMessage::build()
             .payload(message.body.clone())
             .headers(headers);
-        let acked = async { js.send_publish(subject.clone(), publish).await?.await };
-        // The context bounds the PubAck wait; this bounds the whole publish.
-        let result =
-            tokio::time::timeout(self.ack_timeout + Duration::from_millis(500), acked).await;
+        // The context's timeout bounds both the hand-over to the connection and the PubAck
+        // wait, so no timer of our own is needed.
+        let result = async { js.send_publish(subject.clone(), publish).await?.await }.await;
         match result {
             // A duplicate ack means the stream already has it: success.
-            Ok(Ok(_ack)) => Ok(()),
-            Ok(Err(e)) => Err(match e.kind() {
+            Ok(_ack) => Ok(()),
+            Err(e) => Err(match e.kind() {
                 PublishErrorKind::StreamNotFound => SinkError::permanent(
                     "no_stream",
                     format!("no JetStream stream covers subject {subject}"),
@@ -309,10 +308,6 @@ impl Sink for NatsSink {
                 PublishErrorKind::MaxPayloadExceeded => SinkError::permanent("too_large", e),
                 _ => SinkError::transient("publish_failed", e),
             }),
-            Err(_) => Err(SinkError::transient(
-                "timeout",
-                format!("no PubAck for {subject} in time"),
-            )),
         }
     }
 
