@@ -224,6 +224,35 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
+/// An object key as bytes (escapes resolved, no UTF-8 check): enough to compare with the few
+/// names the scan looks for, and cheaper than a `str` for every key of a large payload.
+struct RawKey<'a>(Cow<'a, [u8]>);
+
+impl<'de> Deserialize<'de> for RawKey<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawKey<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(RawKey(Cow::Borrowed(v)))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(RawKey(Cow::Owned(v.to_vec())))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(RawKey(Cow::Borrowed(v.as_bytes())))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawKey(Cow::Owned(v.as_bytes().to_vec())))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
 enum TriggerField {
     Absent,
     Invalid,
@@ -252,15 +281,15 @@ impl<'de> Deserialize<'de> for Root {
                     payload: None,
                     keys: KeyFields::default(),
                 };
-                while let Some(key) = map.next_key::<Key<'de>>()? {
+                while let Some(key) = map.next_key::<RawKey<'de>>()? {
                     match key.0.as_ref() {
-                        "triggerEvent" => {
+                        b"triggerEvent" => {
                             root.trigger = match map.next_value::<Loose>()?.0 {
                                 Some(t) => TriggerField::Str(t),
                                 None => TriggerField::Invalid,
                             }
                         }
-                        "payload" => root.payload = map.next_value::<Payload>()?.0,
+                        b"payload" => root.payload = map.next_value::<Payload>()?.0,
                         other => root.keys.visit(other, &mut map)?,
                     }
                 }
@@ -289,12 +318,12 @@ impl KeyFields {
     }
 
     /// Read the value of field `name` from `map`, keeping it if it is a key field.
-    fn visit<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<(), A::Error> {
+    fn visit<'de, A: MapAccess<'de>>(&mut self, name: &[u8], map: &mut A) -> Result<(), A::Error> {
         match name {
-            "uid" => self.uid = map.next_value::<Loose>()?.0,
-            "bookingUid" => self.booking_uid = map.next_value::<Loose>()?.0,
-            "formId" => self.form_id = map.next_value::<Loose>()?.0,
-            "oooEntry" => self.ooo_uuid = map.next_value::<OooEntry>()?.0,
+            b"uid" => self.uid = map.next_value::<Loose>()?.0,
+            b"bookingUid" => self.booking_uid = map.next_value::<Loose>()?.0,
+            b"formId" => self.form_id = map.next_value::<Loose>()?.0,
+            b"oooEntry" => self.ooo_uuid = map.next_value::<OooEntry>()?.0,
             _ => {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -316,7 +345,7 @@ impl<'de> Deserialize<'de> for Payload {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Payload, A::Error> {
                 let mut keys = KeyFields::default();
-                while let Some(key) = map.next_key::<Key<'de>>()? {
+                while let Some(key) = map.next_key::<RawKey<'de>>()? {
                     keys.visit(key.0.as_ref(), &mut map)?;
                 }
                 Ok(Payload(Some(keys)))
@@ -340,8 +369,8 @@ impl<'de> Deserialize<'de> for OooEntry {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OooEntry, A::Error> {
                 let mut uuid = None;
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    if key.0 == "uuid" {
+                while let Some(key) = map.next_key::<RawKey<'de>>()? {
+                    if key.0.as_ref() == b"uuid" {
                         uuid = map.next_value::<Loose>()?.0;
                     } else {
                         map.next_value::<IgnoredAny>()?;
@@ -424,6 +453,8 @@ mod tests {
         );
         assert_eq!(n(r#"{"formId":"f","uid":"u"}"#).as_deref(), Some("u"));
         assert_eq!(n(r#"{"uid":5,"title":"t"}"#), None);
+        // Keys are compared after their escapes are resolved.
+        assert_eq!(n(r#"{"u\u0069d":"e"}"#).as_deref(), Some("e"));
     }
 
     #[test]

@@ -81,7 +81,12 @@ impl Rejection {
 
 /// SHA-256 hex of the raw body: identical retries get the same id.
 pub fn delivery_id(body: &[u8]) -> String {
-    hex::encode(Sha256::digest(body))
+    let mut out = [0u8; 64];
+    // 32 bytes always fit 64 hex digits, and hex digits are ASCII.
+    match hex::encode_to_slice(Sha256::digest(body), &mut out) {
+        Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+        Err(_) => hex::encode(Sha256::digest(body)),
+    }
 }
 
 impl Source {
@@ -151,5 +156,18 @@ impl Source {
             trigger_label,
             shape: normalized.shape,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_id_is_sha256_hex() {
+        assert_eq!(
+            delivery_id(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }
