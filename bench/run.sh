@@ -140,6 +140,7 @@ run_wrk relay-amqp "$RELAY" "$SECS"; stop "$RELAY"
 
 echo "== nats"
 client nats-client nats --url nats://127.0.0.1:14333
+target/release/bench-clients nats --url nats://127.0.0.1:14333 --setup-only --bodies "$BODIES" >/dev/null
 start_relay nats confirm $'type = "nats"\nurl = "nats://127.0.0.1:14333"\nstream = { name = "CAL", subjects = ["cal.>"], duplicate_window_secs = 1 }'
 run_wrk relay-nats "$RELAY" "$SECS"; stop "$RELAY"
 
@@ -149,15 +150,15 @@ awk '
   { name[NR]=$1; rps[$1]=$2; p50[$1]=$3; p99[$1]=$4; bad[$1]=$5; err[$1]=$6; rss[$1]=$7; early[$1]=$8; late[$1]=$9; order[NR]=$1 }
   END {
     brps=(rps["baseline"]+rps["baseline-after"])/2; bp99=(p99["baseline"]+p99["baseline-after"])/2
-    printf "| %-17s | %9s | %8s | %8s | %8s | %13s | %-34s |\n", "run", "req/s", "p50 ms", "p99 ms", "non-2xx", "peak RSS MB", "ratio"
-    printf "|%s|%s|%s|%s|%s|%s|%s|\n", "-------------------", "-----------", "----------", "----------", "----------", "---------------", "------------------------------------"
+    printf "| %-17s | %9s | %8s | %8s | %8s | %13s | %-40s |\n", "run", "req/s", "p50 ms", "p99 ms", "non-2xx", "peak RSS MB", "ratio"
+    printf "|%s|%s|%s|%s|%s|%s|%s|\n", "-------------------", "-----------", "----------", "----------", "----------", "---------------", "------------------------------------------"
     for (i=1; i<=NR; i++) {
       n=order[i]; r=""
       if (n=="relay-file") r=sprintf("%.1f%% of baseline (mean), p99 %+.2f ms", 100*rps[n]/brps, p99[n]-bp99)
       if (n=="relay-file-spool") r=sprintf("%.1f%% of confirm mode (fsync cost)", 100*rps[n]/rps["relay-file"])
       if (n ~ /^relay-(kafka|amqp|nats)$/) { c=n; sub(/relay-/,"",c); c=c "-client"; r=sprintf("%.1f%% of %s", 100*rps[n]/rps[c], c) }
       if (rss[n]=="-") m="-"; else m=sprintf("%s (%s -> %s)", rss[n], early[n], late[n])
-      printf "| %-17s | %9s | %8s | %8s | %8s | %13s | %-34s |\n", n, rps[n], p50[n], p99[n], bad[n]+err[n], m, r
+      printf "| %-17s | %9s | %8s | %8s | %8s | %13s | %-40s |\n", n, rps[n], p50[n], p99[n], bad[n]+err[n], m, r
     }
   }' "$W/results"
 echo "(peak RSS: VmHWM; in brackets RSS 3 s into the run -> at its end. Client rows: errors in non-2xx.)"

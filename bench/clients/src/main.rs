@@ -7,8 +7,8 @@
 //!   relay's sink is compared with. Each message carries the headers the relay attaches
 //!   (trigger, webhook version, delivery id, receive time, content type, key), so the broker
 //!   does the same work per message in both runs.
-//! - `amqp --setup-only`: declare and empty the bench queue, then exit (before the relay's run,
-//!   so both runs start from an empty queue).
+//! - `amqp --setup-only`, `nats --setup-only`: declare and empty the bench queue or stream, then
+//!   exit (before the relay's run, so both runs start from an empty queue or stream).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -69,6 +69,9 @@ enum Cmd {
     Nats {
         #[arg(long)]
         url: String,
+        /// Create and purge the bench stream, publish nothing.
+        #[arg(long)]
+        setup_only: bool,
         #[command(flatten)]
         load: Load,
     },
@@ -322,18 +325,27 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
         }
-        Cmd::Nats { url, load } => {
+        Cmd::Nats {
+            url,
+            setup_only,
+            load,
+        } => {
             use async_nats::jetstream::{self, message::PublishMessage, stream};
             let msgs = read_bodies(&load.bodies)?;
             let client = async_nats::connect(&url).await?;
             let js = jetstream::new(client);
-            js.get_or_create_stream(stream::Config {
-                name: "CAL".into(),
-                subjects: vec!["cal.>".into()],
-                duplicate_window: Duration::from_secs(1),
-                ..Default::default()
-            })
-            .await?;
+            let cal = js
+                .get_or_create_stream(stream::Config {
+                    name: "CAL".into(),
+                    subjects: vec!["cal.>".into()],
+                    duplicate_window: Duration::from_secs(1),
+                    ..Default::default()
+                })
+                .await?;
+            cal.purge().await?;
+            if setup_only {
+                return Ok(());
+            }
             drive("nats", &load, &msgs, |i, m| {
                 let js = js.clone();
                 async move {
