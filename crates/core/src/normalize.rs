@@ -189,8 +189,17 @@ impl<'de> Deserialize<'de> for Fields<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut fields = Vec::new();
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    fields.push((key.0, map.next_value::<&'de RawValue>()?));
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    // Keys are written back out, so here they must be text.
+                    let name = match key {
+                        Cow::Borrowed(b) => {
+                            Cow::Borrowed(std::str::from_utf8(b).map_err(de::Error::custom)?)
+                        }
+                        Cow::Owned(v) => {
+                            Cow::Owned(String::from_utf8(v).map_err(de::Error::custom)?)
+                        }
+                    };
+                    fields.push((name, map.next_value::<&'de RawValue>()?));
                 }
                 Ok(Fields(fields))
             }
@@ -199,8 +208,9 @@ impl<'de> Deserialize<'de> for Fields<'de> {
     }
 }
 
-/// An object key, borrowed when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
+/// An object key as bytes (escapes resolved, no UTF-8 check): enough to compare with the few
+/// names the scan looks for, and cheaper than a `str` for every key of a large payload.
+struct Key<'a>(Cow<'a, [u8]>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -210,43 +220,17 @@ impl<'de> Deserialize<'de> for Key<'de> {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
                 Ok(Key(Cow::Borrowed(v)))
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// An object key as bytes (escapes resolved, no UTF-8 check): enough to compare with the few
-/// names the scan looks for, and cheaper than a `str` for every key of a large payload.
-struct RawKey<'a>(Cow<'a, [u8]>);
-
-impl<'de> Deserialize<'de> for RawKey<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawKey<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
-                Ok(RawKey(Cow::Borrowed(v)))
-            }
             fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
-                Ok(RawKey(Cow::Owned(v.to_vec())))
+                Ok(Key(Cow::Owned(v.to_vec())))
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(RawKey(Cow::Borrowed(v.as_bytes())))
+                Ok(Key(Cow::Borrowed(v.as_bytes())))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(RawKey(Cow::Owned(v.as_bytes().to_vec())))
+                Ok(Key(Cow::Owned(v.as_bytes().to_vec())))
             }
         }
         d.deserialize_bytes(V)
@@ -281,7 +265,7 @@ impl<'de> Deserialize<'de> for Root {
                     payload: None,
                     keys: KeyFields::default(),
                 };
-                while let Some(key) = map.next_key::<RawKey<'de>>()? {
+                while let Some(key) = map.next_key::<Key<'de>>()? {
                     match key.0.as_ref() {
                         b"triggerEvent" => {
                             root.trigger = match map.next_value::<Loose>()?.0 {
@@ -345,7 +329,7 @@ impl<'de> Deserialize<'de> for Payload {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Payload, A::Error> {
                 let mut keys = KeyFields::default();
-                while let Some(key) = map.next_key::<RawKey<'de>>()? {
+                while let Some(key) = map.next_key::<Key<'de>>()? {
                     keys.visit(key.0.as_ref(), &mut map)?;
                 }
                 Ok(Payload(Some(keys)))
@@ -369,7 +353,7 @@ impl<'de> Deserialize<'de> for OooEntry {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OooEntry, A::Error> {
                 let mut uuid = None;
-                while let Some(key) = map.next_key::<RawKey<'de>>()? {
+                while let Some(key) = map.next_key::<Key<'de>>()? {
                     if key.0.as_ref() == b"uuid" {
                         uuid = map.next_value::<Loose>()?.0;
                     } else {
