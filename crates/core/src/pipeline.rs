@@ -81,11 +81,12 @@ impl Rejection {
 
 /// SHA-256 hex of the raw body: identical retries get the same id.
 pub fn delivery_id(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
     let mut out = [0u8; 64];
-    // 32 bytes always fit 64 hex digits, and hex digits are ASCII.
-    match hex::encode_to_slice(Sha256::digest(body), &mut out) {
+    // 32 bytes always fill exactly 64 hex digits, which are ASCII.
+    match hex::encode_to_slice(digest, &mut out) {
         Ok(()) => String::from_utf8_lossy(&out).into_owned(),
-        Err(_) => hex::encode(Sha256::digest(body)),
+        Err(_) => hex::encode(digest),
     }
 }
 
