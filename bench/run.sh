@@ -133,7 +133,7 @@ client kafka-client kafka --brokers 127.0.0.1:19393
 
 echo "== amqp"
 client amqp-client amqp --url "$AMQP" --exchange cal
-# Start the relay's run from an empty queue too.
+# The relay's runs start from an empty queue and stream too.
 target/release/bench-clients amqp --url "$AMQP" --exchange cal --setup-only --bodies "$BODIES" >/dev/null
 start_relay amqp confirm "type = \"amqp\""$'\n'"url = \"$AMQP\""$'\nexchange = "cal"'
 run_wrk relay-amqp "$RELAY" "$SECS"; stop "$RELAY"

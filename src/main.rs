@@ -21,7 +21,7 @@ use config::{Config, SinkConfig};
 
 /// mimalloc instead of the system allocator: each delivery allocates and frees a few
 /// kilobytes across threads, where glibc malloc spent about a tenth of the relay's CPU
-/// (measured with `bench/run.sh`).
+/// (measured with `perf` under the bench load).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -77,7 +77,7 @@ pub async fn serve(
             .header_read_timeout(header_timeout)
             .keep_alive(true)
             // Answers are a few hundred bytes: one flat buffer and one write beat writev
-            // (about 5% more deliveries/s in bench/run.sh).
+            // (about 5% more deliveries/s in A/B runs under the bench load).
             .writev(false)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
