@@ -33,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-target/release/bench-clients gen --fixture ../shared/fixtures/deliveries/BOOKING_CREATED.body \
+target/release/bench-clients gen --fixture tests/fixtures/deliveries/BOOKING_CREATED.body \
   --secret "$SECRET" --count "$NBODIES" --out "$W/bodies.tsv"
 export BODIES="$W/bodies.tsv"
 echo "== $NBODIES distinct bodies, $(awk -F'\t' '{n+=length($2)} END {printf "%.0f", n/NR}' "$W/bodies.tsv") bytes on average; $SECS s per run"

@@ -14,7 +14,9 @@ apt_missing=()
 command -v nats-server >/dev/null 2>&1 || apt_missing+=(nats-server)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || apt_missing+=(rabbitmq-server)
 # Build prerequisites of librdkafka (bundled, built by rdkafka-sys) and of the TLS stacks.
-for pkg in build-essential pkg-config libssl-dev zlib1g-dev; do
+# iproute2 and util-linux: the run-what-we-ship tests (tests/ship.rs) start the image's root file
+# system in its own network and mount namespaces; debootstrap is installed by image-rootfs.sh.
+for pkg in build-essential pkg-config libssl-dev zlib1g-dev iproute2 util-linux; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_missing+=("$pkg")
 done
 if [ ${#apt_missing[@]} -gt 0 ]; then
@@ -54,11 +56,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests"
 mkdir -p target
+# --no-fail-fast: every test binary runs even when an earlier one fails, so the summary below
+# counts the whole suite; the exit status is still non-zero when anything failed.
 set +e
-cargo test --workspace --all-targets --locked "$@" 2>&1 | tee target/test-output.log
+cargo test --workspace --all-targets --locked --no-fail-fast "$@" 2>&1 | tee target/test-output.log
 rc=${PIPESTATUS[0]}
 set -e
-# One closing summary for the whole run.
-awk '/^test result:/ { split($0, a, /[ .;]+/); for (i in a) { if (a[i]=="passed") p+=a[i-1]; if (a[i]=="failed") f+=a[i-1]; if (a[i]=="ignored") s+=a[i-1] } }
-     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.log
+# One closing summary for the whole run: the sum of every binary's `test result:` line, and the
+# number of binaries that ended without one (a crash or a build failure).
+awk '/^     Running / { bins++ }
+     /^test result:/ { results++; split($0, a, /[ .;]+/); for (i in a) { if (a[i]=="passed") p+=a[i-1]; if (a[i]=="failed") f+=a[i-1]; if (a[i]=="ignored") s+=a[i-1] } }
+     END { printf "%d passed, %d failed, %d skipped (%d test binaries, %d of them without a result line)\n", p, f, s, bins, bins - results }' target/test-output.log
 exit "$rc"

@@ -1,7 +1,10 @@
 //! Configuration: built-in defaults < TOML file < `CAL_RELAY_*` environment (`__` for nesting),
-//! then validation into the parts the relay is built from. Errors name the offending key.
+//! then validation into the parts the relay is built from. Errors name the offending key as the
+//! user wrote it. `CAL_RELAY_CONFIG` is the file's path, never a key; other variables with the
+//! prefix that name no key (Kubernetes service links, typos) are ignored with a warning, while
+//! an unknown key in the file stays an error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use cal_relay_core::{Route, RouteTable, Source, Verifier};
@@ -161,8 +164,10 @@ pub struct RouteConfig {
 /// A configuration error, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file or the environment does not fit the configuration's shape: one line per error,
+    /// each naming the key as the user wrote it and where it came from.
     #[error("{0}")]
-    Load(#[from] Box<figment::Error>),
+    Load(String),
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
 }
@@ -174,10 +179,112 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Prefix of the environment variables that override configuration keys (`__` for nesting).
+pub const ENV_PREFIX: &str = "CAL_RELAY_";
+
+/// `CAL_RELAY_*` variables that are not configuration keys and are read elsewhere: the file's
+/// path, and the secret of `cal-relay send`. Never merged, never warned about.
+const ENV_NOT_KEYS: [&str; 2] = ["config", "send_secret"];
+
+/// A loaded configuration and the environment variables that were ignored because they name
+/// no configuration key (Kubernetes service links such as `CAL_RELAY_SERVICE_HOST`, typos).
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// Variable names, as set in the environment; their values are never kept.
+    pub ignored_env: Vec<String>,
+}
+
+impl Loaded {
+    /// The one warning line about ignored variables, if any were ignored (names only).
+    pub fn env_warning(&self) -> Option<String> {
+        (!self.ignored_env.is_empty()).then(|| {
+            format!(
+                "ignored environment variable(s) {} (no such configuration key)",
+                self.ignored_env.join(", ")
+            )
+        })
+    }
+}
+
+/// The environment provider: `CAL_RELAY_A__B` sets `a.b`, except the variables in `skip`
+/// (keys with `.` separators, lower case) and those that are not configuration keys.
+fn env_provider(skip: &BTreeSet<String>) -> Env {
+    let skip = skip.clone();
+    Env::prefixed(ENV_PREFIX).split("__").filter(move |k| {
+        let k = k.as_str().to_ascii_lowercase();
+        !skip.contains(&k) && !ENV_NOT_KEYS.contains(&k.as_str())
+    })
+}
+
+/// The variable that sets `key` (`server.max_body_bytes` -> `CAL_RELAY_SERVER__MAX_BODY_BYTES`),
+/// spelled as it is in the environment.
+fn env_name(key: &str) -> String {
+    let wanted = format!("{ENV_PREFIX}{}", key.replace('.', "__"));
+    std::env::vars_os()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .find(|k| k.trim().eq_ignore_ascii_case(&wanted))
+        .unwrap_or_else(|| wanted.to_ascii_uppercase())
+}
+
+/// The key an unknown-field error is about, as the user would write it (`server.listen_on`).
+fn unknown_key(e: &figment::Error) -> Option<String> {
+    let figment::error::Kind::UnknownField(field, _) = &e.kind else {
+        return None;
+    };
+    let mut path = e.path.clone();
+    if path.last() != Some(field) {
+        path.push(field.clone());
+    }
+    Some(path.join("."))
+}
+
+/// One line per error: the key as written (no profile prefix), what is wrong, and where.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let mut line = String::new();
+            let key = unknown_key(&e).unwrap_or_else(|| e.path.join("."));
+            if !key.is_empty() {
+                line.push_str(&key);
+                line.push_str(": ");
+            }
+            match &e.kind {
+                figment::error::Kind::UnknownField(_, allowed) => {
+                    line.push_str("unknown key");
+                    if !allowed.is_empty() {
+                        line.push_str(&format!(" (allowed: {})", allowed.join(", ")));
+                    }
+                }
+                kind => line.push_str(&kind.to_string()),
+            }
+            if let Some(md) = &e.metadata {
+                match &md.source {
+                    Some(figment::Source::File(path)) => {
+                        line.push_str(&format!(" in {}", path.display()))
+                    }
+                    _ if md.name.contains("environment") => {
+                        line.push_str(&format!(" in the environment ({})", env_name(&key)))
+                    }
+                    _ if md.name.contains("TOML") => {
+                        line.push_str(" in the built-in default configuration")
+                    }
+                    _ => line.push_str(&format!(" in {}", md.name)),
+                }
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl Config {
     /// Load from `path` (or the embedded default when `path` is `None`), then the environment.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let figment = match path {
+    /// An unknown key in the file is an error (a typo); an environment variable that names no
+    /// key is ignored and reported in [`Loaded::ignored_env`].
+    pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let file = match path {
             Some(p) => {
                 if !p.is_file() {
                     return Err(invalid(
@@ -189,12 +296,37 @@ impl Config {
             }
             None => Figment::new().merge(Toml::string(EMBEDDED_DEFAULT)),
         };
-        let config: Config = figment
-            .merge(Env::prefixed("CAL_RELAY_").split("__"))
-            .extract()
-            .map_err(Box::new)?;
+        let env_keys: BTreeSet<String> = env_provider(&BTreeSet::new())
+            .iter()
+            .map(|(k, _)| k.as_str().to_ascii_lowercase())
+            .collect();
+        let mut skip = BTreeSet::new();
+        let config: Config = loop {
+            match file.clone().merge(env_provider(&skip)).extract::<Config>() {
+                Ok(c) => break c,
+                Err(e) => {
+                    // Unknown keys that only the environment sets are dropped one by one; any
+                    // other error (the file's own unknown keys included) stands.
+                    let culprit = e
+                        .clone()
+                        .into_iter()
+                        .filter_map(|e| unknown_key(&e))
+                        .map(|k| k.to_ascii_lowercase())
+                        .find(|k| env_keys.contains(k) && !skip.contains(k));
+                    match culprit {
+                        Some(k) => {
+                            skip.insert(k);
+                        }
+                        None => return Err(ConfigError::Load(describe(e))),
+                    }
+                }
+            }
+        };
         config.validate()?;
-        Ok(config)
+        Ok(Loaded {
+            config,
+            ignored_env: skip.iter().map(|k| env_name(k)).collect(),
+        })
     }
 
     /// Checks beyond the types: names, references, secrets.
@@ -361,7 +493,7 @@ mod tests {
         let config: Config = Figment::new()
             .merge(Toml::string(toml))
             .extract()
-            .map_err(Box::new)?;
+            .map_err(|e| ConfigError::Load(describe(e)))?;
         config.validate()?;
         Ok(config)
     }

@@ -147,14 +147,20 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => {
-            let config = load(cli.config.as_deref())?;
-            init_logging(&config);
-            serve(config).await?;
+            let loaded = load(cli.config.as_deref())?;
+            init_logging(&loaded.config);
+            if let Some(warning) = loaded.env_warning() {
+                tracing::warn!("{warning}");
+            }
+            serve(loaded.config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
-            let config = load(cli.config.as_deref())?;
-            print_config(&config)?;
+            let loaded = load(cli.config.as_deref())?;
+            if let Some(warning) = loaded.env_warning() {
+                eprintln!("warning: {warning}");
+            }
+            print_config(&loaded.config)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Send {
@@ -190,7 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Spool { dir, command } => {
             let dir = match dir {
                 Some(d) => d,
-                None => load(cli.config.as_deref())?.delivery.dir,
+                None => load(cli.config.as_deref())?.config.delivery.dir,
             };
             spool_command(&dir, command)
         }
@@ -312,18 +318,22 @@ fn spool_command(dir: &Path, command: SpoolCommand) -> anyhow::Result<ExitCode> 
 }
 
 /// The configuration from `path`, else `config/cal-relay.toml`, else the built-in default.
-fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+fn load(path: Option<&Path>) -> anyhow::Result<config::Loaded> {
     let default = Path::new(DEFAULT_CONFIG);
     let path = path.or_else(|| default.is_file().then_some(default));
-    Config::load(path).context("invalid configuration")
+    Config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal (not in a file or a container log), and never with NO_COLOR.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().flatten_event(true).init();

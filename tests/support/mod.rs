@@ -28,7 +28,7 @@ pub fn fixtures_dir() -> PathBuf {
     std::env::var_os("CAL_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/deliveries")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deliveries")
         })
 }
 
@@ -211,6 +211,7 @@ pub struct RelayProcess {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     log_path: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl RelayProcess {
@@ -221,6 +222,19 @@ impl RelayProcess {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, config: &str) -> RelayProcess {
+        Self::start_full(dir, config, &[]).await
+    }
+
+    /// Like [`RelayProcess::start`], with extra environment variables.
+    pub async fn start_with_env(config: &str, env: &[(String, String)]) -> RelayProcess {
+        Self::start_full(tempfile::tempdir().unwrap(), config, env).await
+    }
+
+    async fn start_full(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(String, String)],
+    ) -> RelayProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let config = config
@@ -230,11 +244,12 @@ impl RelayProcess {
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("relay.log");
         let mut relay = RelayProcess {
-            child: spawn(&config_path, &log_path),
+            child: spawn(&config_path, &log_path, env),
             addr,
             dir,
             config_path,
             log_path,
+            env: env.to_vec(),
         };
         relay.wait_healthy().await;
         relay
@@ -244,7 +259,7 @@ impl RelayProcess {
     pub async fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(&self.config_path, &self.log_path);
+        self.child = spawn(&self.config_path, &self.log_path, &self.env);
         self.wait_healthy().await;
     }
 
@@ -320,7 +335,7 @@ impl Drop for RelayProcess {
     }
 }
 
-fn spawn(config: &Path, log: &Path) -> Child {
+fn spawn(config: &Path, log: &Path, env: &[(String, String)]) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -331,6 +346,7 @@ fn spawn(config: &Path, log: &Path) -> Child {
         .arg(config)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)

@@ -1,4 +1,4 @@
-//! Every byte-exact delivery in `../shared/fixtures/deliveries` (or `$CAL_FIXTURES`): its
+//! Every byte-exact delivery in `tests/fixtures/deliveries` (or `$CAL_FIXTURES`): its
 //! signature verifies with the manifest's secret and fails with one byte changed, and it
 //! normalizes as the manifest says (flat ones wrapped, envelopes byte-identical, templates as-is).
 
@@ -13,7 +13,7 @@ fn fixtures_dir() -> PathBuf {
     std::env::var_os("CAL_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/deliveries")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/deliveries")
         })
 }
 
