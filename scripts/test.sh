@@ -62,9 +62,18 @@ set +e
 cargo test --workspace --all-targets --locked --no-fail-fast "$@" 2>&1 | tee target/test-output.log
 rc=${PIPESTATUS[0]}
 set -e
-# One closing summary for the whole run: the sum of every binary's `test result:` line, and the
-# number of binaries that ended without one (a crash or a build failure).
+# Fuzz smoke runs: every target of fuzz/ for FUZZ_SMOKE_SECS (default 20) each; a crash,
+# timeout or out-of-memory fails the suite. The long campaign is `scripts/fuzz.sh 600`.
+echo "== fuzz smoke runs"
+set +e
+scripts/fuzz.sh "${FUZZ_SMOKE_SECS:-20}" 2>&1 | tee target/fuzz-output.log
+fuzz_rc=${PIPESTATUS[0]}
+set -e
+if [ "$fuzz_rc" = 0 ]; then echo "fuzz smoke: every target 0 crashes"; else echo "fuzz smoke: FAILED"; fi
+# One closing summary for the whole run: the sum of every test binary's `test result:` line,
+# the number of binaries that ended without one (a crash or a build failure), and the fuzzers.
 awk '/^     Running / { bins++ }
      /^test result:/ { results++; split($0, a, /[ .;]+/); for (i in a) { if (a[i]=="passed") p+=a[i-1]; if (a[i]=="failed") f+=a[i-1]; if (a[i]=="ignored") s+=a[i-1] } }
      END { printf "%d passed, %d failed, %d skipped (%d test binaries, %d of them without a result line)\n", p, f, s, bins, bins - results }' target/test-output.log
-exit "$rc"
+[ "$rc" = 0 ] || exit "$rc"
+exit "$fuzz_rc"

@@ -3,7 +3,6 @@
 //! running relay's health endpoint (`probe`, for container health checks). It wires
 //! the configuration to the sink, server and core crates; the relay's logic lives there.
 
-mod config;
 mod samples;
 mod send;
 
@@ -14,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use cal_relay_config::{Config, Loaded, SinkConfig};
 use cal_relay_server::Relay;
 use cal_relay_sink::Sink;
 use clap::{Parser, Subcommand};
-use config::{Config, SinkConfig};
 
 /// mimalloc instead of the system allocator: each delivery allocates and frees a few
 /// kilobytes across threads, where glibc malloc spent about a tenth of the relay's CPU
@@ -318,7 +317,7 @@ fn spool_command(dir: &Path, command: SpoolCommand) -> anyhow::Result<ExitCode> 
 }
 
 /// The configuration from `path`, else `config/cal-relay.toml`, else the built-in default.
-fn load(path: Option<&Path>) -> anyhow::Result<config::Loaded> {
+fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
     let default = Path::new(DEFAULT_CONFIG);
     let path = path.or_else(|| default.is_file().then_some(default));
     Config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))

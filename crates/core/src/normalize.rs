@@ -13,7 +13,8 @@ use std::fmt;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use cal_relay_sink::json::Strict;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -48,7 +49,7 @@ macro_rules! any_other_value {
             Ok($none)
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            while seq.next_element::<Strict>()?.is_some() {}
             Ok($none)
         }
     };
@@ -121,7 +122,7 @@ pub fn normalize(
             json: true,
         }),
         None => {
-            let wrapped = wrap(&body, received_at).map_err(NormalizeError::Wrap)?;
+            let wrapped = wrap(&body, &trigger, received_at).map_err(NormalizeError::Wrap)?;
             Ok(Normalized {
                 shape: Shape::Flat,
                 trigger: Some(trigger),
@@ -134,6 +135,19 @@ pub fn normalize(
     }
 }
 
+/// Longest partition key used (Cal.com's uids are about 22 characters).
+pub const MAX_KEY_BYTES: usize = 256;
+
+fn usable_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= MAX_KEY_BYTES && !k.chars().any(char::is_control)
+}
+
+/// Whether a header value from the request can be passed to every broker as it is: visible
+/// ASCII and spaces only, at most 256 bytes.
+pub fn usable_header_value(v: &str) -> bool {
+    v.len() <= 256 && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
 fn template(body: Bytes, content_type: Option<&str>, json: bool) -> Normalized {
     Normalized {
         json,
@@ -142,23 +156,22 @@ fn template(body: Bytes, content_type: Option<&str>, json: bool) -> Normalized {
         key: None,
         body,
         content_type: content_type
+            .filter(|c| !c.is_empty() && usable_header_value(c))
             .unwrap_or("application/octet-stream")
             .to_owned(),
     }
 }
 
-/// Wrap a flat object: `{"triggerEvent":T,"createdAt":NOW,"payload":{every other root field}}`.
-fn wrap(body: &[u8], received_at: SystemTime) -> Result<Vec<u8>, serde_json::Error> {
+/// Wrap a flat object: `{"triggerEvent":T,"createdAt":NOW,"payload":{every other root field}}`,
+/// `T` being the trigger the scan found (the last `triggerEvent` when a body repeats it, as a
+/// JSON parser reads it), so the body always says what the message's trigger header says. The
+/// result is checked again: `payload` nests one level deeper than the root did.
+fn wrap(body: &[u8], trigger: &str, received_at: SystemTime) -> Result<Vec<u8>, serde_json::Error> {
     let Fields(fields) = serde_json::from_slice(body)?;
     let mut out = Vec::with_capacity(body.len() + 64);
     let created_at = humantime::format_rfc3339_millis(received_at).to_string();
-    let trigger = fields
-        .iter()
-        .find(|(k, _)| k == "triggerEvent")
-        .map(|(_, v)| v.get())
-        .unwrap_or("null");
     out.extend_from_slice(b"{\"triggerEvent\":");
-    out.extend_from_slice(trigger.as_bytes());
+    serde_json::to_writer(&mut out, trigger)?;
     out.extend_from_slice(b",\"createdAt\":\"");
     out.extend_from_slice(created_at.as_bytes());
     out.extend_from_slice(b"\",\"payload\":{");
@@ -173,6 +186,7 @@ fn wrap(body: &[u8], received_at: SystemTime) -> Result<Vec<u8>, serde_json::Err
         out.extend_from_slice(value.get().as_bytes());
     }
     out.extend_from_slice(b"}}");
+    serde_json::from_slice::<Strict>(&out)?;
     Ok(out)
 }
 
@@ -208,8 +222,9 @@ impl<'de> Deserialize<'de> for Fields<'de> {
     }
 }
 
-/// An object key as bytes (escapes resolved, no UTF-8 check): enough to compare with the few
-/// names the scan looks for, and cheaper than a `str` for every key of a large payload.
+/// An object key (escapes resolved), read as a `str` so the parser checks its UTF-8, control
+/// characters and escapes as strictly as a JSON parser would; kept as bytes to compare with the
+/// few names the scan looks for.
 struct Key<'a>(Cow<'a, [u8]>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
@@ -220,12 +235,6 @@ impl<'de> Deserialize<'de> for Key<'de> {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_vec())))
-            }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
                 Ok(Key(Cow::Borrowed(v.as_bytes())))
             }
@@ -233,7 +242,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
                 Ok(Key(Cow::Owned(v.as_bytes().to_vec())))
             }
         }
-        d.deserialize_bytes(V)
+        d.deserialize_str(V)
     }
 }
 
@@ -294,11 +303,13 @@ struct KeyFields {
 }
 
 impl KeyFields {
+    /// The first usable candidate: a key goes into broker headers and record keys, so one with
+    /// control characters or over [`MAX_KEY_BYTES`] is not used (the message has no key).
     fn pick(self) -> Option<String> {
-        self.uid
-            .or(self.booking_uid)
-            .or(self.ooo_uuid)
-            .or(self.form_id)
+        [self.uid, self.booking_uid, self.ooo_uuid, self.form_id]
+            .into_iter()
+            .flatten()
+            .find(|k| usable_key(k))
     }
 
     /// Read the value of field `name` from `map`, keeping it if it is a key field.
@@ -309,7 +320,7 @@ impl KeyFields {
             b"formId" => self.form_id = map.next_value::<Loose>()?.0,
             b"oooEntry" => self.ooo_uuid = map.next_value::<OooEntry>()?.0,
             _ => {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<Strict>()?;
             }
         }
         Ok(())
@@ -357,7 +368,7 @@ impl<'de> Deserialize<'de> for OooEntry {
                     if key.0.as_ref() == b"uuid" {
                         uuid = map.next_value::<Loose>()?.0;
                     } else {
-                        map.next_value::<IgnoredAny>()?;
+                        map.next_value::<Strict>()?;
                     }
                 }
                 Ok(OooEntry(uuid))
@@ -386,12 +397,12 @@ impl<'de> Deserialize<'de> for Loose {
                 Ok(Loose(Some(v)))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Loose, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                while map.next_entry::<Key<'de>, Strict>()?.is_some() {}
                 Ok(Loose(None))
             }
             scalar_values!(Loose(None));
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Loose, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                while seq.next_element::<Strict>()?.is_some() {}
                 Ok(Loose(None))
             }
         }
@@ -499,5 +510,136 @@ mod tests {
             normalize(Bytes::from_static(br#"{"triggerEvent":"a.>"}"#), None, at()),
             Err(NormalizeError::InvalidTrigger)
         ));
+    }
+
+    /// Bodies a lenient scan took for JSON although a strict parser refuses them; found by
+    /// reading serde_json's skip paths for the fuzz contract (fuzz/fuzz_targets/prepare.rs).
+    #[test]
+    fn hostile_json_is_not_taken_for_json() {
+        let deep = format!(
+            r#"{{"triggerEvent":"PING","payload":{{}},"x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        for body in [
+            &b"{\"triggerEvent\":\"PING\",\"payload\":{},\"x\":\"\xff\"}"[..],
+            b"{\"triggerEvent\":\"PING\",\"payload\":{\"\x01\":1}}",
+            br#"{"triggerEvent":"PING","payload":{"a":"\ud800"}}"#,
+            br#"{"triggerEvent":"PING","payload":{"\udc00":1}}"#,
+            deep.as_bytes(),
+        ] {
+            assert!(serde_json::from_slice::<serde_json::Value>(body).is_err());
+            let n = normalize(Bytes::copy_from_slice(body), Some(JSON), at()).unwrap();
+            assert_eq!(
+                n.shape,
+                Shape::Template,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(!n.json);
+            assert_eq!(n.body.as_ref(), body);
+        }
+        // A flat body nested to the limit cannot be wrapped one level deeper.
+        let flat = format!(
+            r#"{{"triggerEvent":"MEETING_ENDED","x":{}{}}}"#,
+            "[".repeat(126),
+            "]".repeat(126)
+        );
+        assert!(serde_json::from_slice::<serde_json::Value>(flat.as_bytes()).is_ok());
+        assert!(matches!(
+            normalize(Bytes::from(flat), Some(JSON), at()),
+            Err(NormalizeError::Wrap(_))
+        ));
+    }
+
+    #[test]
+    fn a_repeated_trigger_is_read_as_a_json_parser_reads_it() {
+        let body = Bytes::from_static(
+            br#"{"triggerEvent":"MEETING_STARTED","id":1,"triggerEvent":"MEETING_ENDED"}"#,
+        );
+        let n = normalize(body, Some(JSON), at()).unwrap();
+        assert_eq!(n.trigger.as_deref(), Some("MEETING_ENDED"));
+        let v: serde_json::Value = serde_json::from_slice(&n.body).unwrap();
+        assert_eq!(v["triggerEvent"], "MEETING_ENDED");
+    }
+
+    #[test]
+    fn keys_and_content_types_unfit_for_brokers_are_not_used() {
+        let body = Bytes::from_static(
+            br#"{"triggerEvent":"X","payload":{"uid":"a\r\nNats-Msg-Id: x","bookingUid":"b"}}"#,
+        );
+        assert_eq!(
+            normalize(body, None, at()).unwrap().key.as_deref(),
+            Some("b")
+        );
+        let n = normalize(Bytes::from_static(b"x=1"), Some("text/plain\x01"), at()).unwrap();
+        assert_eq!(n.content_type, "application/octet-stream");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::{Map, Value};
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                "\\PC{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    proptest::collection::btree_map("[a-zA-Z]{1,6}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// A flat body is wrapped into JSON whose `payload` holds exactly the root fields
+            /// but `triggerEvent`, and whose `triggerEvent` is the trigger.
+            #[test]
+            fn flat_bodies_wrap_to_their_fields(
+                fields in proptest::collection::btree_map("[a-zA-Z]{1,6}", arb_json(), 0..8),
+            ) {
+                let mut root: Map<String, Value> = fields.into_iter().collect();
+                root.remove("payload");
+                root.insert("triggerEvent".into(), Value::from("MEETING_ENDED"));
+                let body = serde_json::to_vec(&Value::Object(root.clone())).unwrap();
+                let n = normalize(Bytes::from(body), Some(JSON), at()).unwrap();
+                prop_assert_eq!(n.shape, Shape::Flat);
+                let v: Value = serde_json::from_slice(&n.body).unwrap();
+                root.remove("triggerEvent");
+                prop_assert_eq!(&v["payload"], &Value::Object(root));
+                prop_assert_eq!(&v["triggerEvent"], "MEETING_ENDED");
+            }
+
+            /// Whatever the bytes, a body marked JSON parses strictly; envelopes are the
+            /// bytes that came in.
+            #[test]
+            fn json_means_strict_json(
+                value in arb_json(),
+                noise in proptest::collection::vec(any::<u8>(), 0..4),
+                at_byte in any::<prop::sample::Index>(),
+            ) {
+                let mut v = serde_json::json!({"triggerEvent": "BOOKING_CREATED", "payload": {}});
+                v["payload"]["x"] = value;
+                let mut body = serde_json::to_vec(&v).unwrap();
+                let pos = at_byte.index(body.len());
+                for (k, b) in noise.iter().enumerate() {
+                    body.insert((pos + k).min(body.len()), *b);
+                }
+                if let Ok(n) = normalize(Bytes::from(body.clone()), Some(JSON), at()) {
+                    if n.json {
+                        prop_assert!(serde_json::from_slice::<Value>(&n.body).is_ok());
+                    }
+                    if n.shape == Shape::Envelope {
+                        prop_assert_eq!(n.body.as_ref(), &body[..]);
+                    }
+                }
+            }
+        }
     }
 }

@@ -129,7 +129,10 @@ impl Source {
         if let Some(t) = &normalized.trigger {
             hdrs.push((Cow::Borrowed(headers::TRIGGER), t.clone()));
         }
-        if let Some(v) = inbound.webhook_version {
+        if let Some(v) = inbound
+            .webhook_version
+            .filter(|v| normalize::usable_header_value(v))
+        {
             hdrs.push((Cow::Borrowed(headers::WEBHOOK_VERSION), v.to_owned()));
         }
         hdrs.push((Cow::Borrowed(headers::DELIVERY_ID), id.clone()));

@@ -184,4 +184,30 @@ mod tests {
         assert_eq!(v.verify(Some(b"abcd"), b"{}"), Err(VerifyError::Malformed));
         assert_eq!(v.verify(Some(b""), b"{}"), Err(VerifyError::Malformed));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// The body's HMAC verifies in either case and with the prefix; any other value of
+            /// any shape does not.
+            #[test]
+            fn only_the_hmac_verifies(
+                body in proptest::collection::vec(any::<u8>(), 0..256),
+                other in "(sha256=)?[0-9a-fA-F]{62,66}|\\PC{0,80}",
+                upper in any::<bool>(),
+            ) {
+                let v = Verifier::new(&[SECRET], false);
+                let sig = sign(SECRET.as_bytes(), &body);
+                let sent = if upper { format!("sha256={}", sig.to_uppercase()) } else { sig.clone() };
+                prop_assert_eq!(v.verify(Some(sent.as_bytes()), &body), Ok(()));
+                let trimmed = other.trim_ascii();
+                let hex = trimmed.strip_prefix("sha256=").unwrap_or(trimmed);
+                if !hex.eq_ignore_ascii_case(&sig) {
+                    prop_assert!(v.verify(Some(other.as_bytes()), &body).is_err());
+                }
+            }
+        }
+    }
 }

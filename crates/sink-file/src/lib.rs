@@ -1,6 +1,7 @@
 //! The embedded default sink: writes each message as one JSON line
 //! `{"destination":..,"key":..|null,"headers":{..},"body":..}` to a file (or stdout with `-`),
-//! where `body` is the JSON value when the body is JSON and a string otherwise. A publish
+//! where `body` is the JSON value when the body is JSON, a string when it is other text, and
+//! base64 with `"bodyEncoding":"base64"` when it is not UTF-8. A publish
 //! resolves once its line is written to the OS (and fsync'd with `fsync = true`). A file without
 //! fsync is written by the publishing task itself, one `write` per line under a lock: a page-cache
 //! write costs less than waking another thread. Stdout and fsync'd files go through a writer
@@ -157,15 +158,23 @@ pub fn encode_line(message: &Message) -> Vec<u8> {
     }
     line.extend_from_slice(b"},\"body\":");
     let body = &message.body;
-    if message.json_checked || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+    if message.json_checked || cal_relay_sink::json::is_json(body) {
         // Valid JSON holds raw CR/LF only as whitespace between tokens: blank them to stay on
         // one line without re-serializing.
         line.extend(body.iter().map(|&b| match b {
             b'\n' | b'\r' => b' ',
             b => b,
         }));
+    } else if let Ok(text) = std::str::from_utf8(body) {
+        write_json(&mut line, text);
     } else {
-        write_json(&mut line, &String::from_utf8_lossy(body));
+        // Not text: base64, so the line stays JSON and the bytes survive exactly.
+        use base64::Engine as _;
+        write_json(
+            &mut line,
+            &base64::engine::general_purpose::STANDARD.encode(body),
+        );
+        line.extend_from_slice(b",\"bodyEncoding\":\"base64\"");
     }
     line.extend_from_slice(b"}\n");
     line
@@ -260,6 +269,16 @@ mod tests {
             serde_json::from_slice(&encode_line(&message(b"a=1&b=\"x\"", None))).unwrap();
         assert_eq!(v["key"], serde_json::Value::Null);
         assert_eq!(v["body"], "a=1&b=\"x\"");
+
+        // Not UTF-8: base64, lossless.
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_line(&message(b"\xff\x00{", None))).unwrap();
+        assert_eq!(v["body"], "/wB7");
+        assert_eq!(v["bodyEncoding"], "base64");
+        // Looks like JSON but has a lone surrogate: a string, not embedded.
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_line(&message(br#"{"a":"\ud800"}"#, None))).unwrap();
+        assert_eq!(v["body"], r#"{"a":"\ud800"}"#);
     }
 
     #[tokio::test]

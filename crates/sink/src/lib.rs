@@ -3,6 +3,8 @@
 //! only; it must not know about HTTP, Cal.com payload fields or other sinks. This crate does no
 //! I/O and starts no runtime.
 
+pub mod json;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::time::SystemTime;
@@ -28,8 +30,9 @@ pub struct Message {
     pub content_type: String,
     /// The bytes to publish, untouched by the sink.
     pub body: Bytes,
-    /// The producer of the message checked that `body` is well-formed JSON, so a sink that
-    /// embeds it as JSON need not scan it again. `false` means not known, not "not JSON".
+    /// The producer of the message checked that `body` is JSON by [`json::is_json`]'s strict
+    /// standard, so a sink that embeds it as JSON need not scan it again. `false` means not
+    /// known, not "not JSON".
     pub json_checked: bool,
     /// When the relay received the delivery.
     pub received_at: SystemTime,

@@ -66,17 +66,20 @@ pub fn put_inbox(dir: &Path, name: &str, entry: &Entry) -> io::Result<PathBuf> {
     )
 }
 
+/// The entry of an inbox file's bytes: exactly one PUT frame, else `None`.
+pub fn decode_inbox(bytes: &[u8]) -> Option<Entry> {
+    let (body, used) = record::read_frame(bytes).ok()?;
+    match (used == bytes.len(), Record::decode(body)?) {
+        (true, Record::Put(entry)) => Some(entry),
+        _ => None,
+    }
+}
+
 /// Inbox files and what they hold.
 pub fn inbox(dir: &Path) -> io::Result<Vec<(Option<Entry>, PathBuf)>> {
     let mut out = Vec::new();
     for path in files(&inbox_dir(dir), "put")? {
-        let entry = std::fs::read(&path).ok().and_then(|b| {
-            let (body, used) = record::read_frame(&b).ok()?;
-            match (used == b.len(), Record::decode(body)?) {
-                (true, Record::Put(entry)) => Some(entry),
-                _ => None,
-            }
-        });
+        let entry = std::fs::read(&path).ok().and_then(|b| decode_inbox(&b));
         out.push((entry, path));
     }
     Ok(out)

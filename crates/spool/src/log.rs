@@ -57,6 +57,54 @@ pub struct Scan {
     pub damaged: Vec<(PathBuf, u64, u64)>,
 }
 
+/// The records of one segment's bytes, in order, up to the first that is torn, corrupt or
+/// undecodable; [`Records::good_len`] is where the readable part ends. Pure: no I/O, no panic,
+/// no allocation beyond the records it yields.
+pub struct Records<'a> {
+    data: &'a [u8],
+    at: usize,
+    stopped: bool,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Records {
+            data,
+            at: 0,
+            stopped: false,
+        }
+    }
+
+    /// Bytes of whole, valid records read so far (after the iterator ended: the good prefix).
+    pub fn good_len(&self) -> usize {
+        self.at
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        if self.stopped || self.at >= self.data.len() {
+            return None;
+        }
+        let rec = match record::read_frame(&self.data[self.at..]) {
+            Ok((body, used)) => Record::decode(body).map(|r| (r, used)),
+            Err(FrameError::Short | FrameError::Corrupt) => None,
+        };
+        match rec {
+            Some((r, used)) => {
+                self.at += used;
+                Some(r)
+            }
+            None => {
+                self.stopped = true;
+                None
+            }
+        }
+    }
+}
+
 /// Read every segment of `dir`. With `repair`, an unreadable tail (torn write, bad checksum) is
 /// cut off at the last good record and synced; without, it is only reported.
 pub fn scan(dir: &Path, repair: bool) -> io::Result<Scan> {
@@ -66,18 +114,11 @@ pub fn scan(dir: &Path, repair: bool) -> io::Result<Scan> {
     let mut order: Vec<u64> = Vec::new();
     for (id, path) in segments(dir)? {
         let data = std::fs::read(&path)?;
-        let mut at = 0usize;
-        while at < data.len() {
-            let (body, used) = match record::read_frame(&data[at..]) {
-                Ok(frame) => frame,
-                Err(FrameError::Short | FrameError::Corrupt) => break,
-            };
-            let Some(rec) = Record::decode(body) else {
-                break;
-            };
+        let mut records = Records::new(&data);
+        for rec in records.by_ref() {
             match rec {
                 Record::Put(entry) => {
-                    out.next_seq = out.next_seq.max(entry.seq + 1);
+                    out.next_seq = out.next_seq.max(entry.seq.saturating_add(1));
                     order.push(entry.seq);
                     live.insert(entry.seq, (entry, id));
                 }
@@ -91,8 +132,8 @@ pub fn scan(dir: &Path, repair: bool) -> io::Result<Scan> {
                 }
                 Record::Start { next_seq } => out.next_seq = out.next_seq.max(next_seq),
             }
-            at += used;
         }
+        let at = records.good_len();
         if at < data.len() {
             let dropped = (data.len() - at) as u64;
             if repair {

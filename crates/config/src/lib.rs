@@ -1,8 +1,9 @@
-//! Configuration: built-in defaults < TOML file < `CAL_RELAY_*` environment (`__` for nesting),
-//! then validation into the parts the relay is built from. Errors name the offending key as the
-//! user wrote it. `CAL_RELAY_CONFIG` is the file's path, never a key; other variables with the
-//! prefix that name no key (Kubernetes service links, typos) are ignored with a warning, while
-//! an unknown key in the file stays an error.
+//! cal-relay's configuration: built-in defaults < TOML file < `CAL_RELAY_*` environment (`__`
+//! for nesting), then validation into the parts the relay is built from. Errors name the
+//! offending key as the user wrote it. `CAL_RELAY_CONFIG` is the file's path, never a key; other
+//! variables with the prefix that name no key (Kubernetes service links, typos) are ignored with
+//! a warning, while an unknown key in the file stays an error. This crate only reads and checks
+//! (the file, the environment, secrets files): it must not connect to brokers, listen or log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use figment::Figment;
 use serde::Deserialize;
 
 /// The shipped example, used when no `--config` is given and `config/cal-relay.toml` is absent.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../config/cal-relay.toml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/cal-relay.toml");
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +297,15 @@ impl Config {
             }
             None => Figment::new().merge(Toml::string(EMBEDDED_DEFAULT)),
         };
+        Self::load_figment(file)
+    }
+
+    /// Load from TOML text, then the environment, exactly as [`Config::load`] loads a file.
+    pub fn from_toml(text: &str) -> Result<Loaded, ConfigError> {
+        Self::load_figment(Figment::new().merge(Toml::string(text)))
+    }
+
+    fn load_figment(file: Figment) -> Result<Loaded, ConfigError> {
         let env_keys: BTreeSet<String> = env_provider(&BTreeSet::new())
             .iter()
             .map(|(k, _)| k.as_str().to_ascii_lowercase())
@@ -422,7 +432,7 @@ impl Config {
             .cloned()
             .collect();
         if let Some(file) = &s.secrets_file {
-            let text = std::fs::read_to_string(file).map_err(|e| {
+            let text = read_secrets_file(file).map_err(|e| {
                 invalid(
                     format!("sources[{i}].secrets_file"),
                     format!("cannot read {}: {e}", file.display()),
@@ -483,6 +493,27 @@ impl Config {
             .collect::<Result<_, _>>()?;
         Ok(RouteTable::new(routes))
     }
+}
+
+/// Largest secrets file read (a few secrets fit in far less; a path to a device or a huge file
+/// is refused instead of read without end).
+pub const MAX_SECRETS_FILE_BYTES: u64 = 64 * 1024;
+
+fn read_secrets_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_SECRETS_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SECRETS_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_SECRETS_FILE_BYTES} bytes"
+        )));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
