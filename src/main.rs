@@ -363,8 +363,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.endpoints()?,
         config.route_table()?,
         sinks,
-        config.server.max_body_bytes,
-        Duration::from_millis(config.server.body_read_timeout_ms),
+        cal_relay_server::Limits {
+            max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
+            max_in_flight: config.server.max_in_flight,
+            trusted_proxies: config
+                .server
+                .trusted_proxy_nets()
+                .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?,
+        },
     )?;
     let d = &config.delivery;
     if d.mode == "spool" {
@@ -399,8 +406,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             d.dedup_max_entries,
         ));
     }
-    let listener = tokio::net::TcpListener::bind(&config.server.listen)
-        .await
+    let listener = cal_relay_server::bind(&config.server)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(

@@ -12,6 +12,11 @@ fuzz_target!(|input: &[u8]| {
     let body: &[u8] =
         br#"{"triggerEvent":"PING","createdAt":"2026-01-01T00:00:00.000Z","payload":{}}"#;
     let expected = sign(SECRET.as_bytes(), body);
+    // Without any secret, nothing but "no signature" can pass (with allow_unsigned).
+    let none: &[&str] = &[];
+    if Verifier::new(none, true).verify(Some(input), body).is_ok() {
+        assert!(input.trim_ascii().eq_ignore_ascii_case(b"no-secret-provided"));
+    }
     for verifier in [
         Verifier::new(&[SECRET], false),
         Verifier::new(&["other", SECRET], true),

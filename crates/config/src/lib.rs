@@ -119,6 +119,9 @@ pub struct SourceConfig {
     pub allow_unsigned: bool,
     #[serde(default)]
     pub template_destination: Option<String>,
+    /// Client addresses (CIDRs) allowed to deliver to this source; empty: any (403 otherwise).
+    #[serde(default)]
+    pub allow_from: Vec<String>,
 }
 
 /// `[sinks.NAME]`, chosen by `type`.
@@ -353,6 +356,27 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }
+        let srv = &self.server;
+        if srv.max_header_bytes < cal_relay_server::MIN_HEADER_BYTES {
+            return Err(invalid(
+                "server.max_header_bytes",
+                format!("must be at least {}", cal_relay_server::MIN_HEADER_BYTES),
+            ));
+        }
+        for (key, value) in [
+            ("server.max_connections", srv.max_connections),
+            ("server.max_in_flight", srv.max_in_flight),
+            ("server.max_headers", srv.max_headers),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if srv.listen_backlog == 0 {
+            return Err(invalid("server.listen_backlog", "must be at least 1"));
+        }
+        srv.trusted_proxy_nets()
+            .map_err(|e| invalid("server.trusted_proxies", e))?;
         let d = &self.delivery;
         if !matches!(d.mode.as_str(), "spool" | "confirm") {
             return Err(invalid("delivery.mode", "must be \"spool\" or \"confirm\""));
@@ -391,6 +415,8 @@ impl Config {
                     "must not be empty",
                 ));
             }
+            cal_relay_server::parse_nets(&s.allow_from)
+                .map_err(|e| invalid(format!("sources[{i}].allow_from"), e))?;
             let secrets = self.secrets_of(i)?;
             if secrets.is_empty() && !s.allow_unsigned {
                 return Err(invalid(
@@ -470,6 +496,8 @@ impl Config {
                 let s = &self.sources[i];
                 let secrets = self.secrets_of(i)?;
                 Ok(Endpoint {
+                    allow_from: cal_relay_server::parse_nets(&s.allow_from)
+                        .map_err(|e| invalid(format!("sources[{i}].allow_from"), e))?,
                     path: s.path.clone(),
                     source: Source {
                         name: s.name.clone(),

@@ -92,8 +92,10 @@ impl Verifier {
         let mut signature = [0u8; 32];
         hex::decode_to_slice(hex_part, &mut signature).map_err(|_| VerifyError::Malformed)?;
         if self.keys.is_empty() {
-            // Unsigned deliveries are allowed and there is nothing to check against.
-            return Ok(());
+            // A signature is present but there is no secret it could be right for: a present,
+            // unverifiable signature is refused in every configuration, `allow_unsigned`
+            // included (it admits only deliveries that carry none).
+            return Err(VerifyError::Mismatch);
         }
         // Check every key (no early exit) so timing does not tell which one matched.
         let mut matched = false;

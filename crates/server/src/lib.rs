@@ -13,5 +13,5 @@ mod serve;
 
 pub use dedup::Dedup;
 pub use metrics::Metrics;
-pub use relay::{BuildError, Endpoint, Relay};
-pub use serve::{serve, ServerConfig};
+pub use relay::{BuildError, Endpoint, Limits, Relay};
+pub use serve::{bind, parse_nets, serve, IpNet, ServerConfig, MIN_HEADER_BYTES};

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub request_duration: Histogram,
     pub publish_duration: HistogramVec,
     pub in_flight: IntGauge,
+    /// Open client connections.
+    pub connections: IntGauge,
     /// 1 when a sink says it can take messages, else 0; refreshed at each scrape.
     pub sink_ready: IntGaugeVec,
     pub duplicates: IntCounter,
@@ -85,6 +87,8 @@ impl Metrics {
             &["sink"],
         )?;
         registry.register(Box::new(sink_ready.clone()))?;
+        let connections = IntGauge::new("cal_relay_connections", "Client connections open now.")?;
+        registry.register(Box::new(connections.clone()))?;
         let duplicates = IntCounter::new(
             "cal_relay_duplicates_total",
             "Deliveries accepted without publishing: same delivery id seen within the window.",
@@ -99,6 +103,7 @@ impl Metrics {
             request_duration,
             publish_duration,
             in_flight,
+            connections,
             sink_ready,
             duplicates,
         })

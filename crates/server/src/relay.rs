@@ -2,6 +2,7 @@
 //! publish to the route's sinks, answer.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,8 +12,12 @@ use cal_relay_sink::{Sink, SinkError};
 use cal_relay_spool::{Spool, SpoolError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
+
+use ipnet::IpNet;
+use prometheus::IntGauge;
+use tokio::sync::Semaphore;
 
 use crate::dedup::Dedup;
 use crate::metrics::Metrics;
@@ -26,7 +31,23 @@ const NO_SOURCE: &str = "none";
 pub struct Endpoint {
     pub path: String,
     pub source: Source,
+    /// Client addresses allowed to deliver here; empty: any. Others get 403.
+    pub allow_from: Vec<IpNet>,
 }
+
+/// What a request may cost.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    /// Deliveries handled at once; beyond it `503 overloaded`.
+    pub max_in_flight: usize,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Seconds a sender is told to wait when the relay is at `max_in_flight`.
+const OVERLOADED_RETRY_AFTER: &str = "1";
 
 /// Why the relay cannot be assembled from its parts.
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +64,14 @@ pub enum BuildError {
 
 /// Everything a request needs: sources by path, routes, sinks by name, metrics, limits.
 pub struct Relay {
-    sources: HashMap<String, Source>,
+    sources: HashMap<String, (Source, Vec<IpNet>)>,
     routes: RouteTable,
     sinks: BTreeMap<String, Arc<dyn Sink>>,
     metrics: Metrics,
     max_body_bytes: usize,
     body_read_timeout: Duration,
+    in_flight: Arc<Semaphore>,
+    trusted_proxies: Vec<IpNet>,
     spool: Option<Arc<Spool>>,
     dedup: Option<Dedup>,
 }
@@ -58,8 +81,7 @@ impl Relay {
         endpoints: Vec<Endpoint>,
         routes: RouteTable,
         sinks: BTreeMap<String, Arc<dyn Sink>>,
-        max_body_bytes: usize,
-        body_read_timeout: Duration,
+        limits: Limits,
     ) -> Result<Relay, BuildError> {
         for (i, route) in routes.routes().iter().enumerate() {
             if let Some(missing) = route.sinks.iter().find(|s| !sinks.contains_key(*s)) {
@@ -70,13 +92,18 @@ impl Relay {
             }
         }
         let mut sources = HashMap::new();
-        for Endpoint { path, source } in endpoints {
+        for Endpoint {
+            path,
+            source,
+            allow_from,
+        } in endpoints
+        {
             if !path.starts_with('/')
                 || matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz")
             {
                 return Err(BuildError::BadPath(path));
             }
-            if sources.insert(path.clone(), source).is_some() {
+            if sources.insert(path.clone(), (source, allow_from)).is_some() {
                 return Err(BuildError::DuplicatePath(path));
             }
         }
@@ -85,8 +112,10 @@ impl Relay {
             routes,
             sinks,
             metrics: Metrics::new()?,
-            max_body_bytes,
-            body_read_timeout,
+            max_body_bytes: limits.max_body_bytes,
+            body_read_timeout: limits.body_read_timeout,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            trusted_proxies: limits.trusted_proxies,
             spool: None,
             dedup: None,
         })
@@ -112,10 +141,9 @@ impl Relay {
         &self.sinks
     }
 
-    /// Answer one request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Answer one request from `peer`.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
-        self.metrics.in_flight.inc();
         let response = match req.uri().path() {
             "/metrics" => self.get_only(&req, || {
                 for (name, sink) in &self.sinks {
@@ -136,8 +164,42 @@ impl Relay {
             }
             "/readyz" => self.get_only(&req, || self.readiness()),
             path => match self.sources.get(path) {
-                Some(source) if req.method() == Method::POST => self.deliver(source, req).await,
-                Some(source) => {
+                Some((source, allow_from)) if req.method() == Method::POST => {
+                    let client = self.client_ip(&req, peer);
+                    if !allow_from.is_empty() && !allow_from.iter().any(|n| n.contains(&client)) {
+                        self.reject(&source.name, "forbidden");
+                        tracing::info!(source = %source.name, %client, status = 403, "rejected");
+                        respond::error(
+                            StatusCode::FORBIDDEN,
+                            "forbidden",
+                            "this address may not deliver to this source",
+                        )
+                    } else {
+                        match self.in_flight.clone().try_acquire_owned() {
+                            Ok(_permit) => {
+                                // Counted down however the delivery ends (answered, failed,
+                                // or its task dropped).
+                                let _in_flight = GaugeGuard::new(&self.metrics.in_flight);
+                                self.deliver(source, req).await
+                            }
+                            Err(_) => {
+                                self.reject(&source.name, "overloaded");
+                                tracing::info!(source = %source.name, status = 503, "rejected: server.max_in_flight reached");
+                                let mut r = respond::error(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "overloaded",
+                                    "too many deliveries in flight; retry later",
+                                );
+                                r.headers_mut().insert(
+                                    RETRY_AFTER,
+                                    HeaderValue::from_static(OVERLOADED_RETRY_AFTER),
+                                );
+                                r
+                            }
+                        }
+                    }
+                }
+                Some((source, _)) => {
                     self.reject(&source.name, "method_not_allowed");
                     tracing::info!(source = %source.name, method = %req.method(), status = 405, "rejected");
                     with_allow(
@@ -156,11 +218,38 @@ impl Relay {
                 }
             },
         };
-        self.metrics.in_flight.dec();
         self.metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
         response
+    }
+
+    /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
+    /// `X-Forwarded-For` entry that is not itself a trusted proxy.
+    fn client_ip(&self, req: &Request<Incoming>, peer: SocketAddr) -> IpAddr {
+        let peer = peer.ip().to_canonical();
+        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
+        if !trusted(&peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for value in req.headers().get_all("x-forwarded-for").iter().rev() {
+            let Ok(text) = value.to_str() else {
+                return client;
+            };
+            for item in text.rsplit(',') {
+                match item.trim().parse::<IpAddr>() {
+                    Ok(ip) => {
+                        client = ip.to_canonical();
+                        if !trusted(&client) {
+                            return client;
+                        }
+                    }
+                    Err(_) => return client,
+                }
+            }
+        }
+        client
     }
 
     fn get_only(
@@ -233,6 +322,19 @@ impl Relay {
                 return respond::error(status, reason, message);
             }
         };
+        if parts
+            .headers
+            .get_all("x-cal-signature-256")
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            // Two signatures: which one counts would be a guess.
+            return self.refuse(
+                source,
+                &Rejection::Signature(cal_relay_core::VerifyError::Malformed),
+            );
+        }
         let header = |name: &str| parts.headers.get(name).map(HeaderValue::as_bytes);
         let text = |name: &str| header(name).and_then(|v| std::str::from_utf8(v).ok());
         let inbound = Inbound {
@@ -437,6 +539,22 @@ impl Relay {
             spool.shutdown().await;
         }
         futures_util::future::join_all(self.sinks.values().map(|s| s.shutdown())).await;
+    }
+}
+
+/// Increments a gauge now and decrements it when dropped, on every path out.
+struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
