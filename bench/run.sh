@@ -82,6 +82,7 @@ dedup_window_secs = 0
 name = "cal"
 path = "/webhooks/cal"
 secrets = ["$SECRET"]
+replay_window_secs = 0   # the bench bodies keep the fixture's createdAt
 [sinks.out]
 $sink
 [[routes]]

@@ -401,10 +401,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         relay = relay.with_spool(spool);
     }
     if d.dedup_window_secs > 0 {
-        relay = relay.with_dedup(cal_relay_server::Dedup::new(
-            Duration::from_secs(d.dedup_window_secs),
-            d.dedup_max_entries,
-        ));
+        let window = Duration::from_secs(d.dedup_window_secs);
+        let dedup = match d.dedup_path() {
+            Some(path) => cal_relay_server::Dedup::with_file(window, d.dedup_max_entries, &path)
+                .with_context(|| format!("delivery.dedup_file {}", path.display()))?,
+            None => cal_relay_server::Dedup::new(window, d.dedup_max_entries),
+        };
+        relay = relay.with_dedup(dedup);
     }
     let listener = cal_relay_server::bind(&config.server)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -464,8 +467,12 @@ fn print_config(config: &Config) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "dedup: window={}s max_entries={}",
-        d.dedup_window_secs, d.dedup_max_entries
+        "dedup: window={}s max_entries={} file={}",
+        d.dedup_window_secs,
+        d.dedup_max_entries,
+        d.dedup_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(memory only)".into())
     )?;
     writeln!(out, "sources:")?;
     for (i, s) in config.sources.iter().enumerate() {

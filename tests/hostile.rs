@@ -454,3 +454,135 @@ async fn beyond_max_in_flight_is_503_overloaded_with_retry_after() {
     wait_metric(&relay, "cal_relay_requests_in_flight", 0.0).await;
     still_serves(&relay, 902, 0).await;
 }
+
+/// A fresh BOOKING_CREATED envelope made `offset_secs` from now (as Cal.com stamps createdAt).
+fn fresh(uid: &str, offset_secs: i64) -> Vec<u8> {
+    let now = std::time::SystemTime::now();
+    let at = if offset_secs >= 0 {
+        now + Duration::from_secs(offset_secs as u64)
+    } else {
+        now - Duration::from_secs((-offset_secs) as u64)
+    };
+    let mut v: serde_json::Value = serde_json::from_slice(&booking(uid, 1)).unwrap();
+    v["createdAt"] = humantime::format_rfc3339_millis(at).to_string().into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[tokio::test]
+async fn a_captured_delivery_replayed_later_is_never_published_twice() {
+    let config = one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\"")
+        .replace("replay_window_secs = 0", "replay_window_secs = 5")
+        + &spool_section("dedup_window_secs = 5");
+    let mut relay = RelayProcess::start(&config).await;
+    let captured = fresh("replayed", 0);
+    let sent_at = Instant::now();
+    let (status, body) = post(relay.addr, signed_booking(&captured)).await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink_lines(&relay) < 1 {
+        assert!(Instant::now() < deadline, "never forwarded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Inside the window: a duplicate, before and after a restart (kill -9).
+    let (status, body) = post(relay.addr, signed_booking(&captured)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("duplicate"), "{body}");
+    relay.restart().await;
+    let (status, body) = post(relay.addr, signed_booking(&captured)).await.unwrap();
+    if sent_at.elapsed() < Duration::from_secs(5) {
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("duplicate"), "after a restart: {body}");
+    }
+    // Past the window: refused as stale, before and after a restart.
+    while sent_at.elapsed() < Duration::from_millis(5500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for restart in [false, true] {
+        if restart {
+            relay.restart().await;
+        }
+        let (status, body) = post(relay.addr, signed_booking(&captured)).await.unwrap();
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            body.contains("stale_delivery") && body.contains("in the past"),
+            "{body}"
+        );
+    }
+    // From the future (beyond five minutes of clock skew): refused too.
+    let (status, body) = post(relay.addr, signed_booking(&fresh("ahead", 600)))
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("in the future"), "{body}");
+    assert_eq!(
+        relay
+            .metric("cal_relay_deliveries_rejected_total{reason=\"stale_delivery\",source=\"cal\"}")
+            .await,
+        2.0
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sink_lines(&relay),
+        1,
+        "the captured delivery reached the sink once"
+    );
+}
+
+#[tokio::test]
+async fn identical_template_bodies_are_each_published() {
+    let relay = RelayProcess::start(
+        &(one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\"")
+            + &spool_section("")),
+    )
+    .await;
+    // What Cal.com sends for a custom template that rendered invalid JSON, for two bookings.
+    for _ in 0..2 {
+        let (status, body) = post(
+            relay.addr,
+            Post::signed(SOURCE_PATH, &fixture_secret(), b"false", "application/json"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 202, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink_lines(&relay) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 2 published",
+            sink_lines(&relay)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = read_lines(&relay.path("events.jsonl"));
+    assert_eq!(
+        lines[0]["headers"]["cal-delivery-id"],
+        lines[1]["headers"]["cal-delivery-id"]
+    );
+}
+
+#[tokio::test]
+async fn allow_from_refuses_other_addresses_with_403() {
+    let config = config().replace(
+        "replay_window_secs = 0",
+        "replay_window_secs = 0\nallow_from = [\"10.0.0.0/8\"]",
+    );
+    let relay = RelayProcess::start(&config).await;
+    let (status, body) = post(relay.addr, signed_booking(&valid(950))).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("forbidden"), "{body}");
+    // Behind a trusted proxy, X-Forwarded-For names the client.
+    let config = config.replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    );
+    let relay2 = RelayProcess::start(&config).await;
+    let mut p = signed_booking(&valid(951));
+    p.headers.push(("x-forwarded-for", "10.1.2.3".into()));
+    let (status, body) = post(relay2.addr, p).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut p = signed_booking(&valid(952));
+    p.headers.push(("x-forwarded-for", "192.0.2.1".into()));
+    assert_eq!(post(relay2.addr, p).await.unwrap().0, 403);
+    assert_eq!(sink_lines(&relay), 0);
+}

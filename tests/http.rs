@@ -23,6 +23,7 @@ max_body_bytes = 8192
 name = "cal"
 path = "{PATH}"
 secrets = ["rotated-out", "{secret}"]
+replay_window_secs = 0   # the fixtures' createdAt is months old
 {extra_source}
 
 [sinks.local]

@@ -28,9 +28,31 @@ fn root() -> PathBuf {
 
 const BIN: &str = env!("CARGO_BIN_EXE_cal-relay");
 
-/// The delivery every container is sent (signed with the container's secret).
+/// The delivery every container is sent (signed with the container's secret): the
+/// BOOKING_CREATED fixture stamped now, as Cal.com stamps `createdAt`, since the shipped
+/// configurations refuse envelopes older than their replay window.
 fn delivery_file() -> PathBuf {
-    root().join("tests/fixtures/deliveries/BOOKING_CREATED.body")
+    static FILE: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let fixture =
+            std::fs::read(root().join("tests/fixtures/deliveries/BOOKING_CREATED.body")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&fixture).unwrap();
+        v["createdAt"] = humantime::format_rfc3339_millis(std::time::SystemTime::now())
+            .to_string()
+            .into();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("BOOKING_CREATED.body");
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        // Readable from inside the container's user too.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        (dir, path)
+    })
+    .1
+    .clone()
 }
 
 /// The runtime stage of the `Dockerfile`, as the image runs it.

@@ -5,7 +5,8 @@
 //! valid for every broker.
 //!
 //! Input: `flags, sig_len, sig[sig_len], ct_len, ct[ct_len], body...` (flags bit 0: sign the
-//! body correctly instead of sending `sig`; bit 1: no content type; bit 2: no signature).
+//! body correctly instead of sending `sig`; bit 1: no content type; bit 2: no signature;
+//! bit 3: a one-hour replay window).
 #![no_main]
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -52,6 +53,8 @@ fuzz_target!(|input: &[u8]| {
         name: "cal".into(),
         verifier: Verifier::new(&[SECRET], false),
         template_destination: Some("cal.custom".into()),
+        // Both ways: off, and a window the fixtures' createdAt is outside of.
+        replay_window: (flags & 8 != 0).then(|| Duration::from_secs(3600)),
     };
     let routes =
         RouteTable::new(vec![Route::new(0, &["*".into()], vec!["s".into()], None)

@@ -15,7 +15,9 @@ fuzz_target!(|input: &[u8]| {
     // Without any secret, nothing but "no signature" can pass (with allow_unsigned).
     let none: &[&str] = &[];
     if Verifier::new(none, true).verify(Some(input), body).is_ok() {
-        assert!(input.trim_ascii().eq_ignore_ascii_case(b"no-secret-provided"));
+        assert!(input
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"no-secret-provided"));
     }
     for verifier in [
         Verifier::new(&[SECRET], false),

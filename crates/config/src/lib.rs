@@ -63,6 +63,21 @@ pub struct DeliveryConfig {
     pub dedup_window_secs: u64,
     /// Ids remembered at most (about 60 bytes each); the oldest are forgotten first.
     pub dedup_max_entries: usize,
+    /// File that keeps the de-duplication window across restarts. Default: `dedup.ids` in
+    /// `dir` in spool mode; none (memory only) in confirm mode.
+    pub dedup_file: Option<PathBuf>,
+}
+
+impl DeliveryConfig {
+    /// Where the de-duplication ids are kept, if anywhere.
+    pub fn dedup_path(&self) -> Option<PathBuf> {
+        if self.dedup_window_secs == 0 {
+            return None;
+        }
+        self.dedup_file
+            .clone()
+            .or_else(|| (self.mode == "spool").then(|| self.dir.join("dedup.ids")))
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -78,6 +93,7 @@ impl Default for DeliveryConfig {
             lanes: 64,
             dedup_window_secs: 24 * 3600,
             dedup_max_entries: 200_000,
+            dedup_file: None,
         }
     }
 }
@@ -122,6 +138,19 @@ pub struct SourceConfig {
     /// Client addresses (CIDRs) allowed to deliver to this source; empty: any (403 otherwise).
     #[serde(default)]
     pub allow_from: Vec<String>,
+    /// An envelope whose `createdAt` is older than this many seconds (or more than 5 minutes
+    /// in the future) is refused with 401 `stale_delivery`; 0 turns the check off.
+    #[serde(default = "default_replay_window")]
+    pub replay_window_secs: u64,
+}
+
+/// One hour: Cal.com retries a queued delivery within minutes, keeping its `createdAt`, and
+/// clocks drift by seconds; a captured delivery is useless to a replayer after an hour, and the
+/// default de-duplication window (24 h) covers the hour many times over.
+pub const DEFAULT_REPLAY_WINDOW_SECS: u64 = 3600;
+
+fn default_replay_window() -> u64 {
+    DEFAULT_REPLAY_WINDOW_SECS
 }
 
 /// `[sinks.NAME]`, chosen by `type`.
@@ -417,6 +446,15 @@ impl Config {
             }
             cal_relay_server::parse_nets(&s.allow_from)
                 .map_err(|e| invalid(format!("sources[{i}].allow_from"), e))?;
+            if s.replay_window_secs > d.dedup_window_secs {
+                return Err(invalid(
+                    format!("sources[{i}].replay_window_secs"),
+                    format!(
+                        "{} s is longer than delivery.dedup_window_secs ({} s): a replay inside the window would be published again",
+                        s.replay_window_secs, d.dedup_window_secs
+                    ),
+                ));
+            }
             let secrets = self.secrets_of(i)?;
             if secrets.is_empty() && !s.allow_unsigned {
                 return Err(invalid(
@@ -500,6 +538,8 @@ impl Config {
                         .map_err(|e| invalid(format!("sources[{i}].allow_from"), e))?,
                     path: s.path.clone(),
                     source: Source {
+                        replay_window: (s.replay_window_secs > 0)
+                            .then(|| std::time::Duration::from_secs(s.replay_window_secs)),
                         name: s.name.clone(),
                         verifier: Verifier::new(&secrets, s.allow_unsigned),
                         template_destination: s.template_destination.clone(),

@@ -81,6 +81,8 @@ pub struct Normalized {
     pub content_type: String,
     /// The body was scanned and is well-formed JSON (always so for envelopes and wrapped bodies).
     pub json: bool,
+    /// An envelope's root `createdAt` string (when Cal.com made the delivery), if it has one.
+    pub created_at: Option<String>,
 }
 
 /// Why a body cannot be relayed.
@@ -120,6 +122,7 @@ pub fn normalize(
             body,
             content_type: JSON.to_owned(),
             json: true,
+            created_at: root.created_at,
         }),
         None => {
             let wrapped = wrap(&body, &trigger, received_at).map_err(NormalizeError::Wrap)?;
@@ -130,6 +133,8 @@ pub fn normalize(
                 body: Bytes::from(wrapped),
                 content_type: JSON.to_owned(),
                 json: true,
+                // A flat body's root createdAt is the booking's, not the delivery's.
+                created_at: None,
             })
         }
     }
@@ -151,6 +156,7 @@ pub fn usable_header_value(v: &str) -> bool {
 fn template(body: Bytes, content_type: Option<&str>, json: bool) -> Normalized {
     Normalized {
         json,
+        created_at: None,
         shape: Shape::Template,
         trigger: None,
         key: None,
@@ -256,6 +262,7 @@ enum TriggerField {
 /// key fields), and the root's own key fields (for flat bodies).
 struct Root {
     trigger: TriggerField,
+    created_at: Option<String>,
     payload: Option<KeyFields>,
     keys: KeyFields,
 }
@@ -271,6 +278,7 @@ impl<'de> Deserialize<'de> for Root {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Root, A::Error> {
                 let mut root = Root {
                     trigger: TriggerField::Absent,
+                    created_at: None,
                     payload: None,
                     keys: KeyFields::default(),
                 };
@@ -283,6 +291,7 @@ impl<'de> Deserialize<'de> for Root {
                             }
                         }
                         b"payload" => root.payload = map.next_value::<Payload>()?.0,
+                        b"createdAt" => root.created_at = map.next_value::<Loose>()?.0,
                         other => root.keys.visit(other, &mut map)?,
                     }
                 }

@@ -2,7 +2,7 @@
 //! and attach the relay's headers. Pure: the caller passes the receive time.
 
 use std::borrow::Cow;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cal_relay_sink::Message;
@@ -28,7 +28,12 @@ pub struct Source {
     pub name: String,
     pub verifier: Verifier,
     pub template_destination: Option<String>,
+    /// Refuse envelopes whose `createdAt` is older than this (replay protection); `None`: off.
+    pub replay_window: Option<Duration>,
 }
+
+/// How far in the future an envelope's `createdAt` may be (the sender's clock running ahead).
+pub const MAX_CLOCK_AHEAD: Duration = Duration::from_secs(300);
 
 /// A delivery as received, before any check.
 #[derive(Debug, Clone)]
@@ -63,6 +68,9 @@ pub enum Rejection {
     NoTemplateDestination,
     #[error("no route matches trigger {0}")]
     NoRoute(String),
+    /// The envelope's `createdAt` is outside the replay window.
+    #[error("{0}")]
+    Stale(String),
 }
 
 impl Rejection {
@@ -75,6 +83,7 @@ impl Rejection {
             Rejection::Malformed(NormalizeError::Wrap(_)) => "malformed",
             Rejection::NoTemplateDestination => "no_trigger",
             Rejection::NoRoute(_) => "no_route",
+            Rejection::Stale(_) => "stale_delivery",
         }
     }
 }
@@ -90,6 +99,27 @@ pub fn delivery_id(body: &[u8]) -> String {
     }
 }
 
+/// Whether an envelope made at `created_at` (RFC 3339) and received at `now` is within the
+/// replay window. A `createdAt` that is not a time cannot be checked and passes (the signature
+/// still covers the body; de-duplication still applies).
+fn check_fresh(created_at: &str, now: SystemTime, window: Duration) -> Result<(), Rejection> {
+    let Ok(created) = humantime::parse_rfc3339_weak(created_at.trim_end_matches('Z')) else {
+        return Ok(());
+    };
+    match now.duration_since(created) {
+        Ok(age) if age > window => Err(Rejection::Stale(format!(
+            "createdAt {created_at} is more than replay_window_secs ({} s) in the past",
+            window.as_secs()
+        ))),
+        Ok(_) => Ok(()),
+        Err(ahead) if ahead.duration() > MAX_CLOCK_AHEAD => Err(Rejection::Stale(format!(
+            "createdAt {created_at} is more than {} s in the future",
+            MAX_CLOCK_AHEAD.as_secs()
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
 impl Source {
     /// Verify, normalize and route `inbound`.
     pub fn prepare<'r>(
@@ -101,6 +131,9 @@ impl Source {
         let id = delivery_id(&inbound.body);
         let normalized =
             normalize::normalize(inbound.body, inbound.content_type, inbound.received_at)?;
+        if let (Some(window), Some(created)) = (self.replay_window, &normalized.created_at) {
+            check_fresh(created, inbound.received_at, window)?;
+        }
 
         let (route, trigger_label, destination) = match &normalized.trigger {
             Some(t) => {
@@ -166,6 +199,28 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_window_bounds_created_at() {
+        use std::time::UNIX_EPOCH;
+        let now = UNIX_EPOCH + Duration::from_secs(1_768_210_200);
+        let w = Duration::from_secs(3600);
+        let at = |secs: i64| {
+            humantime::format_rfc3339_millis(if secs >= 0 {
+                now + Duration::from_secs(secs as u64)
+            } else {
+                now - Duration::from_secs((-secs) as u64)
+            })
+            .to_string()
+        };
+        assert!(check_fresh(&at(-3599), now, w).is_ok());
+        assert!(check_fresh(&at(299), now, w).is_ok());
+        let past = check_fresh(&at(-3601), now, w).unwrap_err().to_string();
+        assert!(past.contains("in the past"), "{past}");
+        let future = check_fresh(&at(301), now, w).unwrap_err().to_string();
+        assert!(future.contains("in the future"), "{future}");
+        assert!(check_fresh("not a time", now, w).is_ok());
+    }
 
     #[test]
     fn delivery_id_is_sha256_hex() {

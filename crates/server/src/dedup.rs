@@ -1,10 +1,17 @@
 //! De-duplication of deliveries by delivery id within a time window, in bounded memory: the
-//! oldest ids are forgotten first when the window holds more than `max_entries`.
+//! oldest ids are forgotten first when the window holds more than `max_entries`. With a file,
+//! the window survives a restart: each accepted id is appended (`<32 hex> <unix ms>` per line,
+//! written before the answer, not fsync'd: a crash of the process loses nothing, a power cut
+//! may lose the last ids), the file is read back at start and rewritten when it holds more than
+//! twice the live ids.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
 use std::hash::{Hash, Hasher};
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Recently accepted delivery ids.
 pub struct Dedup {
@@ -17,6 +24,20 @@ pub struct Dedup {
 struct Inner {
     seen: HashMap<u128, Instant>,
     order: VecDeque<(u128, Instant)>,
+    file: Option<Persist>,
+}
+
+/// The id file and how many lines it holds.
+struct Persist {
+    path: PathBuf,
+    file: File,
+    lines: usize,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// 128 bits of a delivery id: its first 32 hex digits (ids are SHA-256 hex), else a hash.
@@ -39,37 +60,152 @@ impl Dedup {
         }
     }
 
+    /// Like [`Dedup::new`], remembering ids in `path` across restarts: the ids it holds that
+    /// are still inside the window are loaded now.
+    pub fn with_file(window: Duration, max_entries: usize, path: &Path) -> io::Result<Dedup> {
+        let dedup = Dedup::new(window, max_entries);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        let now = Instant::now();
+        let now_ms = unix_ms(SystemTime::now());
+        let window_ms = window.as_millis() as u64;
+        {
+            let mut inner = dedup.lock();
+            match File::open(path) {
+                Ok(f) => {
+                    for line in io::BufReader::new(f).lines() {
+                        let Ok(line) = line else { break };
+                        let Some((hex, ms)) = line.split_once(' ') else {
+                            continue;
+                        };
+                        let (Ok(key), Ok(ms)) = (u128::from_str_radix(hex, 16), ms.parse::<u64>())
+                        else {
+                            continue;
+                        };
+                        let age = now_ms.saturating_sub(ms);
+                        if age >= window_ms {
+                            continue;
+                        }
+                        let at = now.checked_sub(Duration::from_millis(age)).unwrap_or(now);
+                        inner.remember(key, at, dedup.max_entries);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            inner.file = Some(Persist::rewrite(path, &inner.order, now, now_ms)?);
+        }
+        Ok(dedup)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere mid-update; the maps stay usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ids remembered now.
+    pub fn len(&self) -> usize {
+        self.lock().seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether `id` was accepted within the window.
     pub fn seen(&self, id: &str, now: Instant) -> bool {
-        let Ok(mut inner) = self.inner.lock() else {
-            return false;
-        };
+        let mut inner = self.lock();
         inner.expire(now, self.window);
         inner.seen.contains_key(&digest(id))
     }
 
-    /// Remember `id` as accepted at `now`.
+    /// Remember `id` as accepted at `now`. An id already remembered keeps its first time (so it
+    /// expires, and is evicted, on schedule).
     pub fn insert(&self, id: &str, now: Instant) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
+        let mut inner = self.lock();
         inner.expire(now, self.window);
         let key = digest(id);
-        if inner.seen.insert(key, now).is_none() {
-            inner.order.push_back((key, now));
-        }
-        while inner.seen.len() > self.max_entries {
-            match inner.order.pop_front() {
-                Some((old, _)) => {
-                    inner.seen.remove(&old);
+        if inner.remember(key, now, self.max_entries) {
+            let live = inner.seen.len();
+            if let Some(file) = inner.file.as_mut() {
+                if let Err(e) = file.append(key) {
+                    tracing::warn!(error = %e, path = %file.path.display(), "cannot record a delivery id for de-duplication");
                 }
-                None => break,
+            }
+            if inner
+                .file
+                .as_ref()
+                .is_some_and(|f| f.lines > 2 * live + 1024)
+            {
+                let (path, now_ms) = match &inner.file {
+                    Some(f) => (f.path.clone(), unix_ms(SystemTime::now())),
+                    None => return,
+                };
+                match Persist::rewrite(&path, &inner.order, now, now_ms) {
+                    Ok(p) => inner.file = Some(p),
+                    Err(e) => {
+                        tracing::warn!(error = %e, path = %path.display(), "cannot compact the de-duplication file")
+                    }
+                }
             }
         }
     }
 }
 
+impl Persist {
+    /// Write the live ids to a new file and put it in place of `path`.
+    fn rewrite(
+        path: &Path,
+        order: &VecDeque<(u128, Instant)>,
+        now: Instant,
+        now_ms: u64,
+    ) -> io::Result<Persist> {
+        let tmp = path.with_extension("tmp");
+        {
+            let mut w = io::BufWriter::new(File::create(&tmp)?);
+            for (key, at) in order {
+                let age = now.saturating_duration_since(*at).as_millis() as u64;
+                writeln!(w, "{key:032x} {}", now_ms.saturating_sub(age))?;
+            }
+            w.flush()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        let file = OpenOptions::new().append(true).open(path)?;
+        Ok(Persist {
+            path: path.to_path_buf(),
+            file,
+            lines: order.len(),
+        })
+    }
+
+    fn append(&mut self, key: u128) -> io::Result<()> {
+        let line = format!("{key:032x} {}\n", unix_ms(SystemTime::now()));
+        self.file.write_all(line.as_bytes())?;
+        self.lines += 1;
+        Ok(())
+    }
+}
+
 impl Inner {
+    /// Add `key` seen at `at` unless known; evict the oldest past `max`. True when added.
+    fn remember(&mut self, key: u128, at: Instant, max: usize) -> bool {
+        if self.seen.contains_key(&key) {
+            return false;
+        }
+        self.seen.insert(key, at);
+        self.order.push_back((key, at));
+        while self.seen.len() > max {
+            match self.order.pop_front() {
+                Some((old, _)) => {
+                    self.seen.remove(&old);
+                }
+                None => break,
+            }
+        }
+        true
+    }
+
     fn expire(&mut self, now: Instant, window: Duration) {
         while let Some(&(key, at)) = self.order.front() {
             if now.duration_since(at) < window {
@@ -99,6 +235,57 @@ mod tests {
         assert!(d.seen(A, t0 + Duration::from_secs(9)));
         assert!(!d.seen(B, t0));
         assert!(!d.seen(A, t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn an_id_inserted_twice_still_expires() {
+        let d = Dedup::new(Duration::from_secs(10), 100);
+        let t0 = Instant::now();
+        d.insert(A, t0);
+        d.insert(A, t0 + Duration::from_secs(5));
+        assert!(!d.seen(A, t0 + Duration::from_secs(11)));
+        assert!(d.is_empty(), "the id leaked");
+    }
+
+    #[test]
+    fn concurrent_identical_inserts_leave_one_entry() {
+        let d = std::sync::Arc::new(Dedup::new(Duration::from_secs(10), 100));
+        let t0 = Instant::now();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        d.insert(A, t0 + Duration::from_millis(i));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(d.len(), 1);
+        assert!(!d.seen(A, t0 + Duration::from_secs(10)));
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn the_window_survives_a_restart_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dedup.ids");
+        let d = Dedup::with_file(Duration::from_secs(3600), 100, &path).unwrap();
+        d.insert(A, Instant::now());
+        drop(d);
+        // A torn or foreign line is skipped; an id older than the window is dropped.
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("zz 12\nnot a line\n");
+        text.push_str(&format!("{:032x} 1000\n", digest(B))); // far outside the window
+        std::fs::write(&path, text).unwrap();
+        let d = Dedup::with_file(Duration::from_secs(3600), 100, &path).unwrap();
+        assert!(d.seen(A, Instant::now()));
+        assert!(!d.seen(B, Instant::now()));
+        // Rewritten at start with the live ids only.
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
     }
 
     #[test]

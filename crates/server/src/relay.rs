@@ -349,11 +349,14 @@ impl Relay {
             Err(rejection) => return self.refuse(source, &rejection),
         };
         let message = &prepared.message;
-        if self
+        // A template body carries no time of its own: two byte-identical ones may be two
+        // events (Cal.com renders a template without a uid identically for different
+        // bookings), so it is published every time, with the same cal-delivery-id.
+        let dedup = self
             .dedup
             .as_ref()
-            .is_some_and(|d| d.seen(&message.id, Instant::now()))
-        {
+            .filter(|_| prepared.shape != cal_relay_core::Shape::Template);
+        if dedup.is_some_and(|d| d.seen(&message.id, Instant::now())) {
             self.metrics.duplicates.inc();
             tracing::info!(source = %source.name, trigger = prepared.trigger_label, delivery_id = %message.id, status = 200, "duplicate, not published again");
             return respond::json(
@@ -368,7 +371,7 @@ impl Relay {
                 .await
             {
                 Ok(seq) => {
-                    self.remember(&message.id);
+                    self.remember(dedup, &message.id);
                     tracing::info!(
                         source = %source.name,
                         trigger = prepared.trigger_label,
@@ -395,7 +398,7 @@ impl Relay {
         let failures = self.publish(&prepared).await;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
         if failures.is_empty() {
-            self.remember(&message.id);
+            self.remember(dedup, &message.id);
             tracing::info!(
                 source = %source.name,
                 trigger = prepared.trigger_label,
@@ -483,7 +486,7 @@ impl Relay {
 
     fn refuse(&self, source: &Source, rejection: &Rejection) -> Response<Body> {
         let status = match rejection {
-            Rejection::Signature(_) => StatusCode::UNAUTHORIZED,
+            Rejection::Signature(_) | Rejection::Stale(_) => StatusCode::UNAUTHORIZED,
             Rejection::Malformed(_) | Rejection::NoTemplateDestination => StatusCode::BAD_REQUEST,
             Rejection::NoRoute(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
@@ -526,8 +529,8 @@ impl Relay {
             .collect()
     }
 
-    fn remember(&self, id: &str) {
-        if let Some(dedup) = &self.dedup {
+    fn remember(&self, dedup: Option<&Dedup>, id: &str) {
+        if let Some(dedup) = dedup {
             dedup.insert(id, Instant::now());
         }
     }
