@@ -414,13 +414,53 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(
         listen = %addr,
+        tls = config.server.tls.is_some(),
         sources = config.sources.len(),
         sinks = ?config.sinks.keys().collect::<Vec<_>>(),
         delivery = %config.delivery.mode,
         "cal-relay listening"
     );
-    cal_relay_server::serve(listener, Arc::new(relay), &config.server, shutdown_signal()).await;
+    let tls = match &config.server.tls {
+        Some(t) => Some(Arc::new(
+            cal_relay_server::Tls::load(t).context("server.tls")?,
+        )),
+        None => None,
+    };
+    tokio::spawn(reload_on_hangup(tls.clone()));
+    cal_relay_server::serve(
+        listener,
+        Arc::new(relay),
+        &config.server,
+        tls,
+        shutdown_signal(),
+    )
+    .await;
     Ok(())
+}
+
+/// On SIGHUP, read the TLS certificate and key again (connections already open keep theirs).
+/// The handler is installed even without TLS, so a stray SIGHUP never kills the relay.
+async fn reload_on_hangup(tls: Option<Arc<cal_relay_server::Tls>>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match &tls {
+                Some(t) => match t.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key read again"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
+                    }
+                },
+                None => tracing::info!("SIGHUP received: nothing to reload"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn shutdown_signal() {

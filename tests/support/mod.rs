@@ -232,7 +232,22 @@ impl RelayProcess {
         Self::start_full(tempfile::tempdir().unwrap(), config, env).await
     }
 
+    /// Start without the plain-HTTP health check (a TLS listener): wait for the port only.
+    pub async fn start_listening(config: &str) -> RelayProcess {
+        Self::launch(tempfile::tempdir().unwrap(), config, &[]).await
+    }
+
     async fn start_full(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(String, String)],
+    ) -> RelayProcess {
+        let mut relay = Self::launch(dir, config, env).await;
+        relay.wait_healthy().await;
+        relay
+    }
+
+    async fn launch(
         dir: tempfile::TempDir,
         config: &str,
         env: &[(String, String)],
@@ -253,7 +268,18 @@ impl RelayProcess {
             log_path,
             env: env.to_vec(),
         };
-        relay.wait_healthy().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = relay.child.try_wait() {
+                panic!("relay exited with {status}: {}", relay.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay did not listen: {}",
+                relay.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         relay
     }
 

@@ -406,6 +406,9 @@ impl Config {
         }
         srv.trusted_proxy_nets()
             .map_err(|e| invalid("server.trusted_proxies", e))?;
+        if let Some(tls) = &srv.tls {
+            cal_relay_server::Tls::load(tls).map_err(|e| invalid("server.tls", e.to_string()))?;
+        }
         let d = &self.delivery;
         if !matches!(d.mode.as_str(), "spool" | "confirm") {
             return Err(invalid("delivery.mode", "must be \"spool\" or \"confirm\""));

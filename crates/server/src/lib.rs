@@ -10,8 +10,10 @@ mod metrics;
 mod relay;
 mod respond;
 mod serve;
+mod tls;
 
 pub use dedup::Dedup;
 pub use metrics::Metrics;
 pub use relay::{BuildError, Endpoint, Limits, Relay};
 pub use serve::{bind, parse_nets, serve, IpNet, ServerConfig, MIN_HEADER_BYTES};
+pub use tls::{Tls, TlsConfig, TlsError};

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use std::net::{IpAddr, SocketAddr};
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 pub use ipnet::IpNet;
 use serde::Deserialize;
@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::relay::Relay;
 use crate::respond;
+use crate::tls::{Tls, TlsConfig};
 
 /// `[server]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -47,6 +48,8 @@ pub struct ServerConfig {
     pub listen_backlog: u32,
     /// Peers whose `X-Forwarded-For` is believed (CIDRs, e.g. an ingress controller's range).
     pub trusted_proxies: Vec<String>,
+    /// TLS on the listener (HTTP/2 and HTTP/1.1 by ALPN); plain HTTP/1.1 without it.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +66,7 @@ impl Default for ServerConfig {
             max_headers: 64,
             listen_backlog: 1024,
             trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -111,6 +115,7 @@ pub async fn serve(
     listener: TcpListener,
     relay: Arc<Relay>,
     config: &ServerConfig,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -158,9 +163,8 @@ pub async fn serve(
                 }))
             }
         });
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .keep_alive(true)
             // A client that sends its whole request and closes (or half-closes) still has it
@@ -173,14 +177,43 @@ pub async fn serve(
             .writev(false);
         // hyper keeps 100 header slots on the stack; another count costs a heap allocation.
         if config.max_headers != 100 {
-            builder.max_headers(config.max_headers.max(1));
+            h1.max_headers(config.max_headers.max(1));
         }
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let Some(tls) = tls.clone() else {
+            let conn = watcher.watch(h1.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                open.inc();
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                open.dec();
+                drop(permit);
+            });
+            continue;
+        };
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(u32::try_from(config.max_in_flight).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
         tokio::spawn(async move {
             open.inc();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // The handshake gets the same time as a request head.
+            match tokio::time::timeout(header_timeout, tls.acceptor().accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let h2_chosen = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = TokioIo::new(stream);
+                    let result = if h2_chosen {
+                        watcher.watch(h2.serve_connection(io, service)).await
+                    } else {
+                        watcher.watch(h1.serve_connection(io, service)).await
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
             open.dec();
             drop(permit);
