@@ -57,3 +57,119 @@ impl Drop for NatsServer {
         self.down();
     }
 }
+
+/// A three-node NATS cluster with JetStream on loopback: `server_name`, `cluster` routes and
+/// one store directory per node. Nodes can be killed (SIGKILL) and restarted on the same ports
+/// and stores.
+pub struct NatsCluster {
+    pub nodes: Vec<ClusterNode>,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct ClusterNode {
+    pub name: String,
+    pub port: u16,
+    pub cluster_port: u16,
+    child: Option<Child>,
+    config: std::path::PathBuf,
+}
+
+impl ClusterNode {
+    fn up(&mut self) {
+        let log = std::fs::File::create(self.config.with_extension("log")).unwrap();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server must be installed: run scripts/test.sh");
+        self.child = Some(child);
+        super::wait_port(self.port, "nats-server", 20);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl NatsCluster {
+    pub fn start() -> NatsCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..3)
+            .map(|_| (super::free_port(), super::free_port()))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (port, cluster_port)) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let routes: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (_, c))| format!("\"nats-route://127.0.0.1:{c}\""))
+                .collect();
+            let store = dir.path().join(&name);
+            let config = dir.path().join(format!("{name}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    r#"server_name: {name}
+listen: 127.0.0.1:{port}
+jetstream {{ store_dir: "{store}" }}
+cluster {{
+  name: cal
+  listen: 127.0.0.1:{cluster_port}
+  routes: [{routes}]
+}}
+"#,
+                    store = store.display(),
+                    routes = routes.join(", ")
+                ),
+            )
+            .unwrap();
+            nodes.push(ClusterNode {
+                name,
+                port: *port,
+                cluster_port: *cluster_port,
+                child: None,
+                config,
+            });
+        }
+        for n in &mut nodes {
+            n.up();
+        }
+        NatsCluster { nodes, dir }
+    }
+
+    /// Every node's URL, for a client's server list.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(ClusterNode::url).collect()
+    }
+
+    pub fn node(&mut self, name: &str) -> &mut ClusterNode {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("a node of the cluster")
+    }
+
+    /// Start a killed node again (same port, same store): it rejoins the cluster.
+    pub fn restart(&mut self, name: &str) {
+        self.node(name).up();
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+}

@@ -312,6 +312,33 @@ fn classify(topic: &str, error: KafkaError) -> SinkError {
         Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
             SinkError::transient("unreachable", error)
         }
+        // A cluster failing over: the partition's leader moved or is being elected, or too
+        // few in-sync replicas to satisfy acks=all right now. Retrying is what fixes these.
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::FencedLeaderEpoch
+            | RDKafkaErrorCode::UnknownLeaderEpoch
+            | RDKafkaErrorCode::PreferredLeaderNotAvailable
+            | RDKafkaErrorCode::ElectionNotNeeded,
+        ) => SinkError::transient("no_leader", error),
+        Some(
+            RDKafkaErrorCode::NotEnoughReplicas | RDKafkaErrorCode::NotEnoughReplicasAfterAppend,
+        ) => SinkError::transient("not_enough_replicas", error),
+        // What retrying cannot fix (as in Vector's Kafka sink): authorization, and records the
+        // broker refuses as such.
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed,
+        ) => SinkError::permanent("unauthorized", error),
+        Some(
+            RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRequiredAcks,
+        ) => SinkError::permanent("invalid_record", error),
         _ => SinkError::transient("publish_failed", error),
     }
 }
@@ -354,5 +381,32 @@ impl Sink for KafkaSink {
         let producer = self.producer.clone();
         let timeout = self.timeout;
         let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_errors_are_transient_and_refusals_permanent() {
+        let c = |code| classify("t", KafkaError::MessageProduction(code));
+        for code in [
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::LeaderNotAvailable,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+        ] {
+            assert!(!c(code).permanent, "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert!(c(code).permanent, "{code:?}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, HeaderMap, ServerAddr};
@@ -66,6 +66,13 @@ pub struct StreamConfig {
     /// Keep messages this long (0: forever).
     #[serde(default)]
     pub max_age_secs: u64,
+    /// Copies of the stream in a JetStream cluster (3 for a three-node cluster).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_replicas() -> usize {
+    1
 }
 
 /// A single value or a list.
@@ -223,6 +230,7 @@ impl NatsSink {
                     subjects: cfg.subjects.clone(),
                     duplicate_window: Duration::from_secs(cfg.duplicate_window_secs),
                     max_age: Duration::from_secs(cfg.max_age_secs),
+                    num_replicas: cfg.replicas.max(1),
                     ..Default::default()
                 };
                 js.create_or_update_stream(config)
@@ -267,14 +275,14 @@ impl Sink for NatsSink {
                 format!("{subject:?} is not a valid NATS subject"),
             ));
         }
-        if !self.ready() {
-            return Err(SinkError::transient(
-                "disconnected",
-                "not connected to NATS",
-            ));
-        }
         let headers = self.headers(message);
         let Some(js) = &self.jetstream else {
+            if !self.ready() {
+                return Err(SinkError::transient(
+                    "disconnected",
+                    "not connected to NATS",
+                ));
+            }
             // Core NATS: at-most-once; flush so the bytes at least left for the server.
             self.client
                 .publish_with_headers(subject.clone(), headers, message.body.clone())
@@ -287,20 +295,58 @@ impl Sink for NatsSink {
             };
         };
         self.ensure_stream(js).await?;
+        // Within the ack timeout, a publish waits out what a cluster does while it fails over
+        // (no stream leader yet, the connected node gone): Nats-Msg-Id makes a retried
+        // publish safe, the stream keeps one copy.
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let error = match self.publish_once(js, subject, &headers, message).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if error.permanent || tokio::time::Instant::now() + pause >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(sink = "nats", %subject, reason = error.reason, "publish failed; retrying within the ack timeout");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn shutdown(&self) {
+        let _ = tokio::time::timeout(self.ack_timeout, self.client.flush()).await;
+    }
+}
+
+impl NatsSink {
+    async fn publish_once(
+        &self,
+        js: &jetstream::Context,
+        subject: &str,
+        headers: &HeaderMap,
+        message: &Message,
+    ) -> Result<(), SinkError> {
+        if !self.ready() {
+            return Err(SinkError::transient(
+                "disconnected",
+                "not connected to NATS",
+            ));
+        }
         let publish = PublishMessage::build()
             .payload(message.body.clone())
-            .headers(headers);
+            .headers(headers.clone());
         // The context's timeout bounds both the hand-over to the connection and the PubAck
         // wait, so no timer of our own is needed.
-        let result = async { js.send_publish(subject.clone(), publish).await?.await }.await;
+        let result = async { js.send_publish(subject.to_owned(), publish).await?.await }.await;
         match result {
             // A duplicate ack means the stream already has it: success.
             Ok(_ack) => Ok(()),
             Err(e) => Err(match e.kind() {
-                PublishErrorKind::StreamNotFound => SinkError::permanent(
-                    "no_stream",
-                    format!("no JetStream stream covers subject {subject}"),
-                ),
+                // "No responders": no stream covers the subject, or the stream has no leader
+                // right now (an election in a cluster). Only a stream that is not there at all
+                // is permanent.
+                PublishErrorKind::StreamNotFound => self.missing_or_electing(js, subject).await,
                 PublishErrorKind::TimedOut => {
                     SinkError::transient("timeout", format!("no PubAck for {subject} in time"))
                 }
@@ -311,8 +357,30 @@ impl Sink for NatsSink {
         }
     }
 
-    async fn shutdown(&self) {
-        let _ = tokio::time::timeout(self.ack_timeout, self.client.flush()).await;
+    /// Tell a subject no stream covers (permanent) from a stream without a leader (transient):
+    /// the configured stream exists by construction; otherwise ask JetStream, and count any
+    /// answer but a definite "none" as transient.
+    async fn missing_or_electing(&self, js: &jetstream::Context, subject: &str) -> SinkError {
+        if let Some(cfg) = &self.stream {
+            return SinkError::transient(
+                "no_leader",
+                format!("stream {} has no leader for {subject} right now", cfg.name),
+            );
+        }
+        match js.stream_by_subject(subject).await {
+            Ok(name) => SinkError::transient(
+                "no_leader",
+                format!("stream {name} has no leader for {subject} right now"),
+            ),
+            Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => SinkError::permanent(
+                "no_stream",
+                format!("no JetStream stream covers subject {subject}"),
+            ),
+            Err(e) => SinkError::transient(
+                "no_leader",
+                format!("JetStream did not answer for {subject}: {e}"),
+            ),
+        }
     }
 }
 

@@ -1,0 +1,345 @@
+//! Past one machine: a three-node NATS JetStream cluster with an R3 stream, its stream leader
+//! killed (SIGKILL) under a steady load and restarted, in confirm and spool mode; and two relay
+//! replicas, each with its own spool, taking the same deliveries. Nothing acknowledged is lost.
+//! Each test appends its counts to `target/failover-results.txt` (printed by scripts/test.sh).
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+use support::nats::NatsCluster;
+use support::*;
+
+const STREAM: &str = "CAL";
+
+fn relay_config(urls: &[String], spool: bool) -> String {
+    let list: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let sink = format!(
+        "type = \"nats\"\nurl = [{}]\nack_timeout_ms = 10000\nstream = {{ name = \"{STREAM}\", subjects = [\"cal.>\"], replicas = 3 }}",
+        list.join(", ")
+    );
+    let mut config = one_sink_config("bus", &sink);
+    if spool {
+        config.push_str(&spool_section(
+            "retry_initial_ms = 100\nretry_max_ms = 1000",
+        ));
+    }
+    config
+}
+
+async fn js(cluster: &NatsCluster) -> jetstream::Context {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(cluster.urls())
+        .await
+        .unwrap();
+    jetstream::new(client)
+}
+
+/// The current leader of the stream, once the cluster has one.
+async fn stream_leader(js: &jetstream::Context) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = js.get_stream(STREAM).await {
+            if let Ok(info) = s.info().await {
+                if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                    return leader;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "the stream never had a leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `Nats-Msg-Id` of every message in the stream (read from any live node).
+async fn stream_ids(js: &jetstream::Context) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        match js.get_stream(STREAM).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "stream unavailable: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // No acks: a consumer that needs them stops at max_ack_pending unacknowledged messages.
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        let mut got = 0;
+        while let Some(m) = batch.next().await {
+            let m = m.unwrap();
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            ids.push(id);
+            got += 1;
+        }
+        if got == 0 {
+            return ids;
+        }
+    }
+}
+
+/// What a load run saw.
+#[derive(Default)]
+struct Tally {
+    /// Delivery ids answered 2xx.
+    acknowledged: HashSet<String>,
+    failed: usize,
+    /// First and last 5xx, as offsets from the kill.
+    failing: Option<(Duration, Duration)>,
+}
+
+/// `clients` senders post distinct deliveries to `addrs` (round robin) until `stop`.
+async fn load(addrs: Vec<SocketAddr>, clients: usize, run: Duration, kill_at: Instant) -> Tally {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let end = Instant::now() + run;
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let tally = tally.clone();
+            let addrs = addrs.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    let body = booking(&format!("failover-{c}-{n}"), n);
+                    let id = sha256_hex(&body);
+                    let addr = addrs[(n as usize) % addrs.len()];
+                    let result = post(addr, signed_booking(&body)).await;
+                    let mut t = tally.lock().unwrap();
+                    match result {
+                        Ok((status, _)) if (200..300).contains(&status) => {
+                            t.acknowledged.insert(id);
+                        }
+                        _ => {
+                            t.failed += 1;
+                            let at = kill_at.elapsed();
+                            t.failing = Some(match t.failing {
+                                None => (at, at),
+                                Some((first, _)) => (first, at),
+                            });
+                        }
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(tally).ok().unwrap().into_inner().unwrap()
+}
+
+fn record(line: &str) {
+    println!("{line}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/failover-results.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+async fn wait_drained(relay: &RelayProcess) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while relay.metric("cal_relay_spool_entries").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the spool never drained: {}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The leader-kill tests load both cores: one at a time.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn leader_killed_under_load(spool: bool) {
+    let _one_at_a_time = HEAVY.lock().await;
+    let mut cluster = NatsCluster::start();
+    let relay = RelayProcess::start(&relay_config(&cluster.urls(), spool)).await;
+    let js = js(&cluster).await;
+    // The first delivery creates the R3 stream.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _) = post(relay.addr, signed_booking(&booking("warm-up", 0)))
+            .await
+            .unwrap();
+        if (200..300).contains(&status) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never took a delivery"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leader = stream_leader(&js).await;
+
+    let kill_at = Instant::now() + Duration::from_secs(2);
+    let addrs = vec![relay.addr];
+    let load = tokio::spawn(load(addrs, 8, Duration::from_secs(12), kill_at));
+    tokio::time::sleep_until(kill_at.into()).await;
+    cluster.node(&leader).kill();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    cluster.restart(&leader);
+    let tally = load.await.unwrap();
+    let new_leader = stream_leader(&js).await;
+
+    if spool {
+        wait_drained(&relay).await;
+    }
+    let ids = stream_ids(&js).await;
+    let present: HashSet<&String> = ids.iter().collect();
+    let lost = tally
+        .acknowledged
+        .iter()
+        .filter(|id| !present.contains(id))
+        .count();
+    let mut counts: HashMap<&String, usize> = HashMap::new();
+    for id in &ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    let duplicates = counts.values().filter(|&&c| c > 1).count();
+    let failover = tally
+        .failing
+        .map(|(a, b)| format!("{:.1}s", (b.saturating_sub(a)).as_secs_f64()))
+        .unwrap_or_else(|| "-".into());
+    record(&format!(
+        "nats cluster, {} mode, leader {leader} killed then restarted (new leader {new_leader}): acknowledged {}, present {}, lost {lost}, duplicates {duplicates}, 5xx {}, 5xx span {failover}",
+        if spool { "spool" } else { "confirm" },
+        tally.acknowledged.len(),
+        tally.acknowledged.len() - lost,
+        tally.failed,
+    ));
+    assert!(tally.acknowledged.len() > 100, "too little load to tell");
+    assert_eq!(lost, 0, "acknowledged deliveries missing from the stream");
+    assert_eq!(duplicates, 0, "JetStream de-duplication keeps one copy");
+    if spool {
+        assert_eq!(
+            tally.failed, 0,
+            "spool mode answered 5xx during the failover"
+        );
+        assert_eq!(
+            relay
+                .metric("cal_relay_dead_letters_total{reason=\"no_stream\",sink=\"bus\"}")
+                .await,
+            0.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn nats_leader_killed_confirm_mode_loses_nothing_acknowledged() {
+    leader_killed_under_load(false).await;
+}
+
+#[tokio::test]
+async fn nats_leader_killed_spool_mode_answers_no_5xx_and_loses_nothing() {
+    leader_killed_under_load(true).await;
+}
+
+#[tokio::test]
+async fn two_replicas_with_their_own_spools_keep_one_copy_per_delivery() {
+    let cluster = NatsCluster::start();
+    let a = RelayProcess::start(&relay_config(&cluster.urls(), true)).await;
+    let b = RelayProcess::start(&relay_config(&cluster.urls(), true)).await;
+    let mut sent = HashSet::new();
+    let mut both = 0;
+    for n in 0..300u64 {
+        let body = booking(&format!("replicas-{n}"), n);
+        sent.insert(sha256_hex(&body));
+        // Alternate replicas; every fifth delivery also lands on the other one, as a Cal.com
+        // retry behind a load balancer would.
+        let (first, second) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let (status, text) = post(first.addr, signed_booking(&body)).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+        if n % 5 == 0 {
+            let (status, text) = post(second.addr, signed_booking(&body)).await.unwrap();
+            assert_eq!(status, 202, "{text}");
+            both += 1;
+        }
+    }
+    wait_drained(&a).await;
+    wait_drained(&b).await;
+    let ids = stream_ids(&js(&cluster).await).await;
+    let unique: HashSet<&String> = ids.iter().collect();
+    record(&format!(
+        "nats cluster, two spooling replicas: sent {} (of them {both} to both replicas), in the stream {} messages, {} unique",
+        sent.len(),
+        ids.len(),
+        unique.len()
+    ));
+    assert_eq!(unique.len(), sent.len(), "every delivery is in the stream");
+    assert_eq!(
+        ids.len(),
+        sent.len(),
+        "JetStream kept one copy of each (Nats-Msg-Id)"
+    );
+}
+
+/// tansu brokers cannot form one cluster with the storage engines these tests run (memory,
+/// SQLite: each broker owns its storage), so the Kafka side is the relay's broker list: one
+/// address dead, one live. Every delivery is acknowledged and on the topic.
+#[tokio::test]
+async fn kafka_broker_list_with_a_dead_broker_delivers_through_the_live_one() {
+    let tansu = support::kafka::Tansu::start();
+    let dead = free_port();
+    let sink = format!(
+        "type = \"kafka\"\nbrokers = \"127.0.0.1:{dead},{}\"\nmessage_timeout_ms = 10000\ncreate_topics = true",
+        tansu.bootstrap()
+    );
+    let relay = RelayProcess::start(&one_sink_config("kafka", &sink)).await;
+    relay.wait_readyz(200, 30).await;
+    let mut acknowledged = HashSet::new();
+    for n in 0..20u64 {
+        let body = booking(&format!("kafka-list-{n}"), n);
+        let (status, text) = post(relay.addr, signed_booking(&body)).await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        acknowledged.insert(sha256_hex(&body));
+    }
+    let b = tansu.bootstrap();
+    let records = tokio::task::spawn_blocking(move || {
+        support::kafka::Tansu::reader(&b).read("cal.booking.created", 20, Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    let present: HashSet<String> = records
+        .iter()
+        .filter_map(|m| support::kafka::header(m, "cal-delivery-id"))
+        .collect();
+    record(&format!(
+        "kafka, broker list with one dead address: acknowledged {}, on the topic {}",
+        acknowledged.len(),
+        present.intersection(&acknowledged).count()
+    ));
+    assert_eq!(present, acknowledged);
+}
