@@ -56,12 +56,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests"
 mkdir -p target
+rm -f target/failover-results.txt
 # --no-fail-fast: every test binary runs even when an earlier one fails, so the summary below
 # counts the whole suite; the exit status is still non-zero when anything failed.
 set +e
 cargo test --workspace --all-targets --locked --no-fail-fast "$@" 2>&1 | tee target/test-output.log
 rc=${PIPESTATUS[0]}
 set -e
+# What the cluster failover tests counted (acknowledged, present, lost, duplicates, 5xx).
+if [ -s target/failover-results.txt ]; then echo "== failover counts"; cat target/failover-results.txt; fi
+
 # Fuzz smoke runs: every target of fuzz/ for FUZZ_SMOKE_SECS (default 20) each; a crash,
 # timeout or out-of-memory fails the suite. The long campaign is `scripts/fuzz.sh 600`.
 echo "== fuzz smoke runs"

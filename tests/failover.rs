@@ -343,3 +343,199 @@ async fn kafka_broker_list_with_a_dead_broker_delivers_through_the_live_one() {
     ));
     assert_eq!(present, acknowledged);
 }
+
+async fn rabbit_channel(url: &str) -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+/// Exchange `cal` as the relay declares it, and a quorum queue bound to every `cal.` key.
+async fn quorum_queue(url: &str) {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let (_conn, ch) = rabbit_channel(url).await;
+    ch.exchange_declare(
+        "cal".into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        "bookings".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "bookings".into(),
+        "cal".into(),
+        "cal.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
+/// `message_id` of every message in the quorum queue.
+async fn queue_ids(url: &str) -> Vec<String> {
+    use lapin::options::BasicGetOptions;
+    let (_conn, ch) = rabbit_channel(url).await;
+    let mut ids = Vec::new();
+    while let Some(m) = ch
+        .basic_get("bookings".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        ids.push(
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    ids
+}
+
+async fn rabbit_node_killed_under_load(spool: bool) {
+    let _one_at_a_time = HEAVY.lock().await;
+    let mut cluster = support::rabbit_cluster::RabbitCluster::start();
+    quorum_queue(&cluster.url(1)).await;
+    let list: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let mut config = one_sink_config(
+        "rabbit",
+        &format!(
+            "type = \"amqp\"\nurl = [{}]\nconfirm_timeout_ms = 10000",
+            list.join(", ")
+        ),
+    );
+    if spool {
+        config.push_str(&spool_section(
+            "retry_initial_ms = 100\nretry_max_ms = 1000",
+        ));
+    }
+    let relay = RelayProcess::start(&config).await;
+    relay.wait_readyz(200, 60).await;
+
+    // The relay connects to the first node in its list: that is the one killed.
+    let kill_at = Instant::now() + Duration::from_secs(2);
+    let load = tokio::spawn(load(vec![relay.addr], 8, Duration::from_secs(12), kill_at));
+    tokio::time::sleep_until(kill_at.into()).await;
+    cluster.kill(0);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    cluster.up(0);
+    let tally = load.await.unwrap();
+    if spool {
+        wait_drained(&relay).await;
+    }
+    let ids = queue_ids(&cluster.url(1)).await;
+    let present: HashSet<&String> = ids.iter().collect();
+    let lost = tally
+        .acknowledged
+        .iter()
+        .filter(|id| !present.contains(id))
+        .count();
+    let duplicates = ids.len() - present.len();
+    let failover = tally
+        .failing
+        .map(|(a, b)| format!("{:.1}s", (b.saturating_sub(a)).as_secs_f64()))
+        .unwrap_or_else(|| "-".into());
+    record(&format!(
+        "rabbitmq cluster (quorum queue), {} mode, connected node r1 killed then restarted: acknowledged {}, present {}, lost {lost}, duplicates {duplicates} (same cal-delivery-id), 5xx {}, 5xx span {failover}",
+        if spool { "spool" } else { "confirm" },
+        tally.acknowledged.len(),
+        tally.acknowledged.len() - lost,
+        tally.failed,
+    ));
+    assert!(tally.acknowledged.len() > 100, "too little load to tell");
+    assert_eq!(lost, 0, "acknowledged deliveries missing from the queue");
+    if spool {
+        assert_eq!(
+            tally.failed, 0,
+            "spool mode answered 5xx during the failover"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rabbitmq_node_killed_confirm_mode_loses_nothing_acknowledged() {
+    rabbit_node_killed_under_load(false).await;
+}
+
+#[tokio::test]
+async fn rabbitmq_node_killed_spool_mode_answers_no_5xx_and_loses_nothing() {
+    rabbit_node_killed_under_load(true).await;
+}
+
+/// RabbitMQ has no broker-side de-duplication: a delivery taken by both replicas is queued
+/// twice, and both copies carry the same `cal-delivery-id` for the consumer to drop one.
+#[tokio::test]
+async fn two_replicas_on_rabbitmq_duplicates_carry_the_same_delivery_id() {
+    use support::amqp;
+    let exchange = amqp::unique("x");
+    let (_conn, ch) = amqp::channel().await;
+    let queue = amqp::bound_queue(&ch, &exchange, "cal.#").await;
+    let sink = format!(
+        "type = \"amqp\"\nurl = \"{}\"\nexchange = \"{exchange}\"",
+        amqp::amqp_url()
+    );
+    let config = one_sink_config("rabbit", &sink) + &spool_section("");
+    let a = RelayProcess::start(&config).await;
+    let b = RelayProcess::start(&config).await;
+    let mut sent = HashSet::new();
+    for n in 0..50u64 {
+        let body = booking(&format!("rabbit-replicas-{n}"), n);
+        sent.insert(sha256_hex(&body));
+        let (first, second) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        assert_eq!(
+            post(first.addr, signed_booking(&body)).await.unwrap().0,
+            202
+        );
+        if n % 5 == 0 {
+            assert_eq!(
+                post(second.addr, signed_booking(&body)).await.unwrap().0,
+                202
+            );
+        }
+    }
+    wait_drained(&a).await;
+    wait_drained(&b).await;
+    let got = amqp::drain(&ch, &queue, Duration::from_secs(2)).await;
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    for d in &got {
+        *by_id
+            .entry(amqp::header(d, "cal-delivery-id").unwrap())
+            .or_default() += 1;
+    }
+    record(&format!(
+        "rabbitmq, two spooling replicas: sent 50 (10 to both), queued {}, distinct cal-delivery-id {}",
+        got.len(),
+        by_id.len()
+    ));
+    assert_eq!(by_id.keys().cloned().collect::<HashSet<_>>(), sent);
+    assert_eq!(
+        got.len(),
+        60,
+        "each delivery sent to both replicas is queued twice"
+    );
+    assert_eq!(by_id.values().filter(|&&c| c == 2).count(), 10);
+}

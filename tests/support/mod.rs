@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 pub mod amqp;
 pub mod kafka;
 pub mod nats;
+pub mod rabbit_cluster;
 
 /// Secret the fixtures are signed with.
 pub fn fixture_secret() -> String {

@@ -8,7 +8,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cal_relay_sink::{Message, Sink, SinkError};
+use cal_relay_sink::{Message, OneOrMany, Sink, SinkError};
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -22,7 +22,9 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct AmqpSinkConfig {
     /// `amqp://user:pass@host:port/vhost` (`amqps://` for TLS).
-    pub url: String,
+    /// One broker URL, or every node of a cluster: connections go to the first that answers,
+    /// and move to the next when one is lost.
+    pub url: OneOrMany,
     #[serde(default = "default_exchange")]
     pub exchange: String,
     /// `topic` (default), `direct`, `fanout` or `headers`.
@@ -72,7 +74,13 @@ pub enum AmqpSinkError {
 impl AmqpSinkConfig {
     /// URL without credentials and the exchange, for display.
     pub fn describe(&self) -> String {
-        let url = cal_relay_sink::redact_url(&self.url);
+        let url = self
+            .url
+            .to_vec()
+            .iter()
+            .map(|u| cal_relay_sink::redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",");
         format!(
             "url={url} exchange={} ({})",
             self.exchange, self.exchange_type
@@ -92,7 +100,12 @@ impl AmqpSinkConfig {
     /// Start the sink: a supervisor task connects (and keeps reconnecting) in the background, so
     /// the relay starts while the broker is down and `ready()` says so.
     pub fn build(&self) -> Result<AmqpSink, AmqpSinkError> {
-        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
+        let urls = self.url.to_vec();
+        if urls.is_empty()
+            || !urls
+                .iter()
+                .all(|u| u.starts_with("amqp://") || u.starts_with("amqps://"))
+        {
             return Err(AmqpSinkError::Url);
         }
         let kind = self.kind()?;
@@ -114,10 +127,16 @@ impl AmqpSinkConfig {
 /// then start over with exponential backoff (100 ms to 5 s).
 async fn supervise(config: AmqpSinkConfig, kind: ExchangeKind, slot: Arc<RwLock<Option<Channel>>>) {
     let mut backoff = Duration::from_millis(100);
+    let urls = config.url.to_vec();
+    let mut next = 0usize;
     loop {
-        match connect(&config, kind.clone()).await {
+        // Every node in turn, starting after the last one used: a lost node is not retried
+        // first.
+        let url = urls[next % urls.len()].clone();
+        next = next.wrapping_add(1);
+        match connect(&config, &url, kind.clone()).await {
             Ok((connection, channel)) => {
-                tracing::info!(sink = "amqp", exchange = %config.exchange, "amqp connected");
+                tracing::info!(sink = "amqp", exchange = %config.exchange, node = %cal_relay_sink::redact_url(&url), "amqp connected");
                 backoff = Duration::from_millis(100);
                 let mut events = connection.events_listener();
                 set(&slot, Some(channel.clone()));
@@ -142,11 +161,14 @@ async fn supervise(config: AmqpSinkConfig, kind: ExchangeKind, slot: Arc<RwLock<
                 tracing::warn!(sink = "amqp", "amqp connection lost; reconnecting");
             }
             Err(e) => {
-                tracing::warn!(sink = "amqp", error = %e, retry_in_ms = backoff.as_millis() as u64, "amqp connect failed")
+                tracing::warn!(sink = "amqp", node = %cal_relay_sink::redact_url(&url), error = %e, retry_in_ms = backoff.as_millis() as u64, "amqp connect failed")
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // Back off only after every node was tried once.
+        if next.is_multiple_of(urls.len()) {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 }
 
@@ -159,10 +181,11 @@ fn set(slot: &RwLock<Option<Channel>>, value: Option<Channel>) {
 
 async fn connect(
     config: &AmqpSinkConfig,
+    url: &str,
     kind: ExchangeKind,
 ) -> lapin::Result<(Connection, Channel)> {
     let properties = ConnectionProperties::default();
-    let connect = Connection::connect(&config.url, properties);
+    let connect = Connection::connect(url, properties);
     let connection = match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Ok(result) => result?,
         Err(_) => {
@@ -258,11 +281,20 @@ impl Sink for AmqpSink {
                 "routing key longer than 255 bytes",
             ));
         }
-        let Some(channel) = self.current() else {
-            return Err(SinkError::transient(
-                "disconnected",
-                "not connected to the AMQP broker",
-            ));
+        // While the supervisor moves to another node, wait for it within the confirm timeout
+        // rather than failing at once.
+        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
+        let channel = loop {
+            if let Some(channel) = self.current() {
+                break channel;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SinkError::transient(
+                    "disconnected",
+                    "not connected to the AMQP broker",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let routing_key = message.destination.as_str();
         let confirmed = async {
@@ -280,7 +312,7 @@ impl Sink for AmqpSink {
                 .await?
                 .await
         };
-        match tokio::time::timeout(self.confirm_timeout, confirmed).await {
+        match tokio::time::timeout_at(deadline, confirmed).await {
             Err(_) => Err(SinkError::transient(
                 "timeout",
                 format!("no confirm for {routing_key} in time"),
@@ -321,7 +353,7 @@ mod tests {
     #[test]
     fn describe_hides_credentials() {
         let c = AmqpSinkConfig {
-            url: "amqp://user:secret@rabbit:5672/%2f".into(),
+            url: OneOrMany::One("amqp://user:secret@rabbit:5672/%2f".into()),
             exchange: default_exchange(),
             exchange_type: default_exchange_type(),
             declare_exchange: true,

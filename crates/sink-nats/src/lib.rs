@@ -13,7 +13,7 @@ use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind}
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, HeaderMap, ServerAddr};
-use cal_relay_sink::{Message, Sink, SinkError};
+use cal_relay_sink::{Message, OneOrMany, Sink, SinkError};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
@@ -76,22 +76,6 @@ fn default_replicas() -> usize {
 }
 
 /// A single value or a list.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    pub fn to_vec(&self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        }
-    }
-}
-
 fn yes() -> bool {
     true
 }

@@ -48,6 +48,23 @@ impl Message {
     }
 }
 
+/// A setting that takes one value or a list (`url = "a"` or `url = ["a", "b"]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
 /// `url` with any `user:password@` removed, for display (`check-config`, logs).
 pub fn redact_url(url: &str) -> String {
     match url.split_once("://") {
