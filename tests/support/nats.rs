@@ -173,3 +173,36 @@ impl Drop for NatsCluster {
         }
     }
 }
+
+/// Every message of JetStream stream `name` at `url`, in stream order (an ephemeral consumer
+/// without acks, read until a fetch comes back empty).
+pub async fn stream_messages(url: &str, name: &str) -> Vec<async_nats::jetstream::Message> {
+    use async_nats::jetstream::{self, consumer};
+    use futures_util::StreamExt;
+    let js = jetstream::new(async_nats::connect(url).await.unwrap());
+    let stream = js.get_stream(name).await.unwrap();
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(500)
+            .expires(std::time::Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        let before = out.len();
+        while let Some(m) = batch.next().await {
+            out.push(m.unwrap());
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
+}

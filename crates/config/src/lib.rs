@@ -413,6 +413,16 @@ impl Config {
         if !matches!(d.mode.as_str(), "spool" | "confirm") {
             return Err(invalid("delivery.mode", "must be \"spool\" or \"confirm\""));
         }
+        if d.mode == "spool" && self.server.max_body_bytes > cal_relay_spool::record::MAX_BODY_BYTES
+        {
+            return Err(invalid(
+                "server.max_body_bytes",
+                format!(
+                    "at most {} in spool mode (a spool record holds one delivery)",
+                    cal_relay_spool::record::MAX_BODY_BYTES
+                ),
+            ));
+        }
         if d.max_bytes < 64 * 1024 {
             return Err(invalid("delivery.max_bytes", "must be at least 65536"));
         }

@@ -390,6 +390,18 @@ impl Relay {
                     );
                 }
                 Err(e) => {
+                    // Publishing directly would overtake what this key has waiting: refuse
+                    // instead, so the sender retries once the spool has room.
+                    if spool.has_pending(message.key.as_deref()) {
+                        tracing::warn!(delivery_id = %message.id, reason = e.reason(), error = %e, status = 503, "spool refused and the key has deliveries waiting");
+                        self.reject(&source.name, e.reason());
+                        let body = serde_json::json!({
+                            "error": e.reason(),
+                            "message": format!("{e}; deliveries with this key are still waiting, retry later"),
+                            "deliveryId": message.id,
+                        });
+                        return respond::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string());
+                    }
                     tracing::warn!(delivery_id = %message.id, reason = e.reason(), error = %e, "spool refused; publishing directly");
                     spool_error = Some(e);
                 }

@@ -55,6 +55,8 @@ pub enum SpoolError {
     Closed,
     #[error("spool directory {0} is in use by another relay")]
     Locked(PathBuf),
+    #[error("the delivery's record ({bytes} bytes) is larger than a spool frame ({max} bytes)")]
+    TooLarge { bytes: usize, max: usize },
 }
 
 impl SpoolError {
@@ -65,6 +67,7 @@ impl SpoolError {
             SpoolError::Io(_) => "spool_io",
             SpoolError::Closed => "spool_closed",
             SpoolError::Locked(_) => "spool_locked",
+            SpoolError::TooLarge { .. } => "spool_too_large",
         }
     }
 }
@@ -148,6 +151,7 @@ pub struct Spool {
     bytes: Arc<AtomicU64>,
     max_bytes: u64,
     metrics: SpoolMetrics,
+    pending_keys: Arc<log::PendingKeys>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -215,6 +219,7 @@ impl Spool {
         });
         let (mut lanes, tasks) = forward::start(sinks, config.lanes, ctx);
         let bytes = Arc::new(AtomicU64::new(0));
+        let pending_keys = Arc::new(log::PendingKeys::default());
         let gauges = log::Gauges {
             bytes: bytes.clone(),
             entries: metrics.entries.clone(),
@@ -222,6 +227,7 @@ impl Spool {
             oldest_age: metrics.oldest_age.clone(),
             full: metrics.full.clone(),
             max_bytes: config.max_bytes,
+            pending_keys: pending_keys.clone(),
         };
         let replayed = replay.len();
         for entry in replay {
@@ -263,6 +269,7 @@ impl Spool {
         );
         let spool = Arc::new(Spool {
             commands,
+            pending_keys,
             bytes,
             max_bytes: config.max_bytes,
             metrics,
@@ -301,6 +308,13 @@ impl Spool {
 
     async fn append(&self, entry: Box<Entry>) -> Result<u64, SpoolError> {
         let frame = Record::put_frame(&entry);
+        if frame.len() > record::FRAME_HEADER + record::MAX_FRAME {
+            // Written, it would be cut off at the next start as a corrupt tail.
+            return Err(SpoolError::TooLarge {
+                bytes: frame.len(),
+                max: record::MAX_FRAME,
+            });
+        }
         let used = self.bytes.load(Ordering::Relaxed);
         if used + frame.len() as u64 > self.max_bytes {
             self.metrics.full.set(1);
@@ -321,6 +335,12 @@ impl Spool {
         let seq = answer.await.map_err(|_| SpoolError::Closed)??;
         self.metrics.full.set(0);
         Ok(seq)
+    }
+
+    /// Whether deliveries with this key are still waiting to be forwarded: a delivery for it
+    /// must not be published ahead of them.
+    pub fn has_pending(&self, key: Option<&str>) -> bool {
+        key.is_some_and(|k| self.pending_keys.contains(k))
     }
 
     /// Whether the last append was refused for lack of room.

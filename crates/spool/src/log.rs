@@ -189,12 +189,59 @@ pub struct Gauges {
     /// so readiness recovers even when no delivery arrives to succeed.
     pub full: prometheus::IntGauge,
     pub max_bytes: u64,
+    /// Entries with work left, per key: what a delivery must not overtake.
+    pub pending_keys: Arc<PendingKeys>,
+}
+
+/// How many entries with work left each message key has (keys by hash).
+#[derive(Debug, Default)]
+pub struct PendingKeys(std::sync::Mutex<std::collections::HashMap<u64, u32>>);
+
+impl PendingKeys {
+    pub fn hash(key: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    fn add(&self, key: Option<u64>) {
+        if let Some(k) = key {
+            *self
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(k)
+                .or_default() += 1;
+        }
+    }
+
+    fn remove(&self, key: Option<u64>) {
+        if let Some(k) = key {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Whether `key` has entries with work left.
+    pub fn contains(&self, key: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&Self::hash(key))
+    }
 }
 
 struct Live {
     segment: u64,
     remaining: Vec<String>,
     received_at: SystemTime,
+    key: Option<u64>,
 }
 
 /// The single thread that owns the active segment.
@@ -209,6 +256,8 @@ pub struct Writer<D: Dispatch> {
     next_seq: u64,
     dispatch: D,
     gauges: Gauges,
+    /// The active segment may end in bytes of a failed write: nothing more is written to it.
+    torn: bool,
 }
 
 /// Most commands taken into one batch (one write, one fsync).
@@ -227,12 +276,15 @@ impl<D: Dispatch> Writer<D> {
         let mut segments: VecDeque<Segment> = scan.segments.iter().cloned().collect();
         let mut live = BTreeMap::new();
         for (entry, seg) in &scan.pending {
+            let key = entry.message.key.as_deref().map(PendingKeys::hash);
+            gauges.pending_keys.add(key);
             live.insert(
                 entry.seq,
                 Live {
                     segment: *seg,
                     remaining: entry.targets.clone(),
                     received_at: entry.message.received_at,
+                    key,
                 },
             );
         }
@@ -257,6 +309,7 @@ impl<D: Dispatch> Writer<D> {
             next_seq: scan.next_seq,
             dispatch,
             gauges,
+            torn: false,
         };
         writer.collect_garbage();
         writer.update_gauges();
@@ -293,7 +346,24 @@ impl<D: Dispatch> Writer<D> {
     }
 
     /// Write a batch; true when it asked to stop.
-    fn write_batch(&mut self, batch: Vec<Command>) -> bool {
+    fn write_batch(&mut self, mut batch: Vec<Command>) -> bool {
+        if self.torn && !self.roll() {
+            // No clean segment to write to (the disk is still full): refuse the puts, keep the
+            // DONEs in memory only (their entries are sent again after a restart, never lost).
+            let mut stop = false;
+            for command in batch.drain(..) {
+                match command {
+                    Command::Put { reply, .. } => {
+                        let _ = reply.send(Err(io::Error::other(
+                            "the spool cannot start a clean segment",
+                        )));
+                    }
+                    Command::Done { seq, sink } => self.done(seq, &sink),
+                    Command::Stop => stop = true,
+                }
+            }
+            return stop;
+        }
         let mut stop = false;
         let mut buf = Vec::new();
         let mut puts = Vec::new();
@@ -342,12 +412,15 @@ impl<D: Dispatch> Writer<D> {
                     .bytes
                     .fetch_add(buf.len() as u64, Ordering::Relaxed);
                 for (entry, reply) in puts {
+                    let key = entry.message.key.as_deref().map(PendingKeys::hash);
+                    self.gauges.pending_keys.add(key);
                     self.live.insert(
                         entry.seq,
                         Live {
                             segment: active_id,
                             remaining: entry.targets.clone(),
                             received_at: entry.message.received_at,
+                            key,
                         },
                     );
                     let seq = entry.seq;
@@ -357,9 +430,14 @@ impl<D: Dispatch> Writer<D> {
             }
             Err(e) => {
                 tracing::error!(error = %e, "spool: write failed; refusing this batch");
-                // Cut back whatever part of the batch reached the file.
+                // Cut back whatever part of the batch reached the file. If even that fails, no
+                // later record may follow the torn bytes (a restart would cut it off with
+                // them): continue in a new segment.
                 let size = self.segments.back().map(|s| s.size).unwrap_or(0);
-                let _ = self.active.set_len(size);
+                if let Err(cut) = self.active.set_len(size) {
+                    tracing::error!(error = %cut, "spool: cannot cut back a failed write; moving to a new segment");
+                    self.torn = true;
+                }
                 for (_, reply) in puts {
                     let _ = reply.send(Err(io::Error::new(e.kind(), e.to_string())));
                 }
@@ -379,7 +457,9 @@ impl<D: Dispatch> Writer<D> {
         live.remaining.retain(|t| t != sink);
         if live.remaining.is_empty() {
             let segment = live.segment;
+            let key = live.key;
             self.live.remove(&seq);
+            self.gauges.pending_keys.remove(key);
             if let Some(s) = self.segments.iter_mut().find(|s| s.id == segment) {
                 s.live = s.live.saturating_sub(1);
             }
@@ -392,19 +472,10 @@ impl<D: Dispatch> Writer<D> {
         let active_size = self.segments.back().map(|s| s.size).unwrap_or(0);
         let roll = active_size >= self.segment_limit
             || (self.live.is_empty() && active_size >= self.idle_roll);
-        if roll {
-            let id = self.segments.back().map(|s| s.id + 1).unwrap_or(1);
-            match create_segment(&self.dir, id, self.next_seq) {
-                Ok((file, size)) => {
-                    if let Err(e) = self.active.sync_all() {
-                        tracing::warn!(error = %e, "spool: sync before roll failed");
-                    }
-                    self.active = file;
-                    self.gauges.bytes.fetch_add(size, Ordering::Relaxed);
-                    self.segments.push_back(Segment { id, size, live: 0 });
-                }
-                Err(e) => tracing::error!(error = %e, "spool: cannot start a new segment"),
-            }
+        if roll && !self.roll() && self.live.is_empty() {
+            // No room for a new segment (a full disk), but nothing in the active one is needed
+            // any more: empty it in place, which gives the space back.
+            self.reset_active();
         }
         while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.live == 0) {
             let Some(seg) = self.segments.pop_front() else {
@@ -424,6 +495,64 @@ impl<D: Dispatch> Writer<D> {
                     self.segments.push_front(seg);
                     break;
                 }
+            }
+        }
+    }
+
+    /// Cut the active segment back to a lone START record (only when no entry is live).
+    fn reset_active(&mut self) {
+        let start = Record::Start {
+            next_seq: self.next_seq,
+        }
+        .encode();
+        let result = self
+            .active
+            .set_len(0)
+            .and_then(|()| self.active.write_all(&start))
+            .and_then(|()| self.active.sync_all());
+        match result {
+            Ok(()) => {
+                let freed = self.segments.back().map(|s| s.size).unwrap_or(0);
+                if let Some(active) = self.segments.back_mut() {
+                    active.size = start.len() as u64;
+                }
+                self.torn = false;
+                let _ = self
+                    .gauges
+                    .bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                        Some(b.saturating_sub(freed) + start.len() as u64)
+                    });
+                tracing::info!(
+                    "spool: emptied the active segment in place (no room for a new one)"
+                );
+            }
+            Err(e) => {
+                self.torn = true;
+                tracing::error!(error = %e, "spool: cannot empty the active segment");
+            }
+        }
+    }
+
+    /// Start a new active segment; false when it cannot be created.
+    fn roll(&mut self) -> bool {
+        let id = self.segments.back().map(|s| s.id + 1).unwrap_or(1);
+        match create_segment(&self.dir, id, self.next_seq) {
+            Ok((file, size)) => {
+                if let Err(e) = self.active.sync_all() {
+                    tracing::warn!(error = %e, "spool: sync before roll failed");
+                }
+                self.active = file;
+                self.torn = false;
+                self.gauges.bytes.fetch_add(size, Ordering::Relaxed);
+                self.segments.push_back(Segment { id, size, live: 0 });
+                true
+            }
+            Err(e) => {
+                // A half-made segment holds at most a torn START; the scan cuts it.
+                let _ = std::fs::remove_file(segment_path(&self.dir, id));
+                tracing::error!(error = %e, "spool: cannot start a new segment");
+                false
             }
         }
     }

@@ -14,6 +14,10 @@ pub const FRAME_HEADER: usize = 8;
 /// Largest frame body accepted when reading (a guard against reading garbage lengths).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
+/// Largest delivery body a spool record holds: a frame less room for the rest of the record
+/// (id, destination, key, headers, targets: a few kilobytes at most).
+pub const MAX_BODY_BYTES: usize = MAX_FRAME - 256 * 1024;
+
 const PUT: u8 = 1;
 const DONE: u8 = 2;
 const DEAD: u8 = 3;

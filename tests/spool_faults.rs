@@ -1,0 +1,230 @@
+//! The spool under faults, against the real binary and a real nats-server: a delivery of
+//! exactly `max_body_bytes` across a restart, a full disk (a 1 MiB tmpfs) and recovery, and a
+//! full spool that never lets a delivery overtake its key's waiting ones.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::nats::{stream_messages, NatsServer};
+use support::*;
+
+fn nats_config(url: &str, delivery_extra: &str, server_extra: &str) -> String {
+    let sink = format!(
+        "type = \"nats\"\nurl = \"{url}\"\nack_timeout_ms = 2000\nstream = {{ name = \"CAL\", subjects = [\"cal.>\"] }}"
+    );
+    one_sink_config("bus", &sink).replace("[server]\n", &format!("[server]\n{server_extra}\n"))
+        + &spool_section(&format!(
+            "retry_initial_ms = 100\nretry_max_ms = 500\n{delivery_extra}"
+        ))
+}
+
+/// A signed envelope of exactly `size` bytes.
+fn envelope_of(size: usize, uid: &str) -> Vec<u8> {
+    let head = format!(r#"{{"triggerEvent":"BOOKING_CREATED","payload":{{"uid":"{uid}","pad":""#);
+    let tail = "\"}}";
+    let pad = size - head.len() - tail.len();
+    let mut body = head.into_bytes();
+    body.extend(std::iter::repeat_n(b'x', pad));
+    body.extend_from_slice(tail.as_bytes());
+    assert_eq!(body.len(), size);
+    body
+}
+
+async fn wait_drained(relay: &RelayProcess) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while relay.metric("cal_relay_spool_entries").await > 0.0 {
+        assert!(Instant::now() < deadline, "never drained: {}", relay.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_of_exactly_max_body_bytes_survives_a_restart() {
+    let mut nats = NatsServer::start();
+    nats.down();
+    // Under the spool's 64 MiB frame, far over the default.
+    const SIZE: usize = 8 * 1024 * 1024;
+    let mut relay = RelayProcess::start(&nats_config(
+        &nats.url(),
+        "",
+        &format!("max_body_bytes = {SIZE}"),
+    ))
+    .await;
+    let body = envelope_of(SIZE, "big");
+    let (status, text) = post(relay.addr, signed_booking(&body)).await.unwrap();
+    assert_eq!(status, 202, "{text}");
+    relay.restart().await; // kill -9, then the same configuration again
+                           // Still pending after the restart, whole (not cut off as a corrupt tail). (NATS refuses
+                           // payloads over its 1 MiB max_payload, so the bytes are checked in the spool itself.)
+    let out = Command::new(env!("CARGO_BIN_EXE_cal-relay"))
+        .args(["spool", "--dir"])
+        .arg(relay.path("spool"))
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let entries: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 1, "{listed}");
+    assert_eq!(entries[0]["state"], "pending");
+    assert_eq!(entries[0]["bodyBytes"], SIZE);
+    assert_eq!(entries[0]["deliveryId"], sha256_hex(&body));
+    drop(nats);
+
+    // A limit whose record would not fit a spool frame is refused by check-config.
+    let path = relay.path("too-big.toml");
+    std::fs::write(
+        &path,
+        nats_config("nats://127.0.0.1:1", "", "max_body_bytes = 73400320")
+            .replace("{listen}", "127.0.0.1:1"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cal-relay"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.max_body_bytes"));
+}
+
+/// A tmpfs of `size` mounted on a new directory; unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount (the tests run as root)");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (the tests run as root)"
+        );
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_503_loses_nothing_and_recovers_by_itself() {
+    let disk = SmallDisk::mount("1m");
+    let mut nats = NatsServer::start();
+    nats.down();
+    let spool_dir = disk.0.path().join("spool");
+    let config = nats_config(
+        &nats.url(),
+        "max_bytes = 104857600\ndedup_file = \"{dir}/dedup.ids\"",
+        "",
+    )
+    .replace(
+        "dir = \"{dir}/spool\"",
+        &format!("dir = \"{}\"", spool_dir.display()),
+    );
+    let relay = RelayProcess::start(&config).await;
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for n in 0..2000u64 {
+        let body = booking(&format!("disk-{}", n % 10), n);
+        let (status, text) = post(relay.addr, signed_booking(&body)).await.unwrap();
+        match status {
+            202 => acknowledged.push(sha256_hex(&body)),
+            503 => {
+                refused = Some(text);
+                break;
+            }
+            other => panic!("{other}: {text}"),
+        }
+    }
+    let refused = refused.expect("the 1 MiB disk never filled");
+    assert!(refused.contains("spool_io"), "{refused}");
+    assert!(acknowledged.len() > 50, "{}", acknowledged.len());
+    // Still serving while the disk is full.
+    assert_eq!(get(relay.addr, "/healthz").await.unwrap().0, 200);
+
+    // The broker comes back: the spool drains, frees its segments, and takes deliveries again.
+    nats.up();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 10_000u64;
+    loop {
+        let body = booking(&format!("after-{n}"), n);
+        let (status, _) = post(relay.addr, signed_booking(&body)).await.unwrap();
+        if status == 202 {
+            acknowledged.push(sha256_hex(&body));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recovered: {}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        n += 1;
+    }
+    wait_drained(&relay).await;
+    let ids: std::collections::HashSet<String> = stream_messages(&nats.url(), "CAL")
+        .await
+        .iter()
+        .filter_map(|m| {
+            m.headers
+                .as_ref()?
+                .get("cal-delivery-id")
+                .map(|v| v.to_string())
+        })
+        .collect();
+    let lost = acknowledged.iter().filter(|id| !ids.contains(*id)).count();
+    assert_eq!(lost, 0, "acknowledged deliveries lost after ENOSPC");
+}
+
+#[tokio::test]
+async fn a_full_spool_never_lets_a_delivery_overtake_its_key() {
+    let mut nats = NatsServer::start();
+    nats.down();
+    let relay = RelayProcess::start(&nats_config(&nats.url(), "max_bytes = 65536", "")).await;
+    // Fill the spool with one booking's events.
+    let mut accepted = 0u64;
+    let mut last = None;
+    for n in 0..200u64 {
+        let (status, text) = post(relay.addr, signed_booking(&booking("one-booking", n)))
+            .await
+            .unwrap();
+        if status != 202 {
+            last = Some((status, text));
+            break;
+        }
+        accepted += 1;
+    }
+    let (status, text) = last.expect("the spool never filled");
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("spool_full") && text.contains("waiting"),
+        "{text}"
+    );
+    // Refused, not published ahead: no publish was even attempted for it.
+    assert_eq!(
+        relay
+            .metric("cal_relay_publish_errors_total{reason=\"disconnected\",sink=\"bus\",trigger=\"BOOKING_CREATED\"}")
+            .await,
+        0.0
+    );
+    nats.up();
+    wait_drained(&relay).await;
+    let seqs: Vec<u64> = stream_messages(&nats.url(), "CAL")
+        .await
+        .iter()
+        .map(|m| booking_seq(&m.payload))
+        .collect();
+    let expected: Vec<u64> = (0..accepted).collect();
+    assert_eq!(seqs, expected, "the key's events in order, none overtaken");
+}
