@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # cal-relay benchmarks: everything measured in one run, under the same load.
-#   1. baseline: a bare hyper 1.x server that reads the body and answers 200 (bench/baseline)
+#   1. baseline: a bare hyper 1.x server that reads the body and answers 200 (bench/baseline),
+#      and floor: the least work a correct relay does (bench/floor: HMAC check, SHA-256 id, one
+#      JSON scan, one write(2) per delivery), each run before and after the relay's run
 #   2. the relay (verify, normalize, route) with the file sink writing to /dev/null, confirm mode
 #      (also the RSS run: BENCH_RSS_SECS long, RSS sampled every second), then the baseline
 #      again; the relay is compared with the mean of both baseline runs
@@ -21,7 +23,8 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 for tool in nats-server tansu; do
   command -v "$tool" >/dev/null || { echo "$tool missing: run scripts/test.sh once" >&2; exit 2; }
 done
-cargo build --release --locked -q -p cal-relay -p bench-baseline -p bench-clients
+# One release profile (the workspace's [profile.release]) for baseline, floor and relay.
+cargo build --release --locked -q -p cal-relay -p bench-baseline -p bench-floor -p bench-clients
 W=$(mktemp -d)
 SECRET=bench-secret
 PORT=18080
@@ -47,14 +50,25 @@ AMQP="amqp://guest:guest@127.0.0.1:25682/%2f"
 
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.2f", v}'; }
 kb() { awk -v k="$2" '$1==k":" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# cpu PID: user and system CPU of the process so far, in clock ticks ("utime stime").
+cpu() { awk '{print $14, $15}' "/proc/$1/stat" 2>/dev/null || echo "0 0"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 # run_wrk NAME PID SECS: load the server on $PORT; appends a row to results.
 run_wrk() {
   local name=$1 pid=$2 secs=$3
   : > "$W/$name.rss"
   ( while kill -0 "$pid" 2>/dev/null; do kb "$pid" VmRSS >> "$W/$name.rss"; sleep 1; done ) & local sampler=$!
+  local cpu0 cpu1
+  cpu0=$(cpu "$pid")
   wrk -t2 -c64 -d"${secs}s" --latency -s bench/deliveries.lua "http://127.0.0.1:$PORT/webhooks/cal" > "$W/$name.wrk"
+  cpu1=$(cpu "$pid")
   kill "$sampler" 2>/dev/null || true
+  # CPU per delivery: the server's user and system time over the run, divided by requests.
+  local reqs; reqs=$(awk '/requests in/ {print $1}' "$W/$name.wrk")
+  read -r u0 s0 <<< "$cpu0"; read -r u1 s1 <<< "$cpu1"
+  awk -v n="$name" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v r="${reqs:-1}" -v t="$TICK_US" \
+    'BEGIN {printf "%s %.2f %.2f\n", n, du * t / r, ds * t / r}' >> "$W/cpu"
   local rps p50 p99 non2xx errs hwm early late
   rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$W/$name.wrk")
   p50=$(awk '$1=="50%" {print $2}' "$W/$name.wrk" | to_ms)
@@ -99,7 +113,10 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 # client NAME ARGS...: a broker's own client; appends a row.
 client() {
   local name=$1; shift
-  target/release/bench-clients "$@" --bodies "$BODIES" --secs "$SECS" --inflight 64 > "$W/$name.out"
+  local TIMEFORMAT='%U %S' times
+  times=$( { time target/release/bench-clients "$@" --bodies "$BODIES" --secs "$SECS" --inflight 64 > "$W/$name.out"; } 2>&1 )
+  awk -v n="$name" -v t="$times" '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]}}
+    END {split(t, c, " "); r=v["rate"] * '"$SECS"'; if (r < 1) r = 1; printf "%s %.2f %.2f\n", n, c[1] * 1e6 / r, c[2] * 1e6 / r}' "$W/$name.out" >> "$W/cpu"
   awk -v n="$name" '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]}} END {printf "%s %s %s %s %s 0 - - -\n", n, v["rate"], v["p50_ms"], v["p99_ms"], v["errors"]}' "$W/$name.out" >> "$W/results"
 }
 
@@ -112,15 +129,25 @@ baseline() {
   run_wrk "$1" "$B" "$SECS"; stop "$B"
 }
 
+# floor NAME: the minimal correct relay for SECS, likewise before and after.
+floor() {
+  target/release/bench-floor "127.0.0.1:$PORT" "$SECRET" /dev/null 2>/dev/null & B=$!; pids+=($B)
+  sleep 0.5
+  run_wrk "$1" "$B" "$SECS"; stop "$B"
+}
+
 echo "== baseline"
 baseline baseline
+echo "== floor"
+floor floor
 
 echo "== relay, file sink (/dev/null), confirm, ${RSS_SECS} s"
 start_relay file confirm $'type = "file"\npath = "/dev/null"'
 run_wrk relay-file "$RELAY" "$RSS_SECS"; stop "$RELAY"
 
-echo "== baseline again"
+echo "== baseline and floor again"
 baseline baseline-after
+floor floor-after
 
 echo "== relay, file sink (/dev/null), spool (fsync)"
 start_relay spool spool $'type = "file"\npath = "/dev/null"'
@@ -148,18 +175,23 @@ run_wrk relay-nats "$RELAY" "$SECS"; stop "$RELAY"
 echo
 echo "== results ($(nproc) cores; load generator, relay and brokers on this machine)"
 awk '
-  { name[NR]=$1; rps[$1]=$2; p50[$1]=$3; p99[$1]=$4; bad[$1]=$5; err[$1]=$6; rss[$1]=$7; early[$1]=$8; late[$1]=$9; order[NR]=$1 }
+  FNR==NR { cu[$1]=$2; cs[$1]=$3; next }
+  { name[NR]=$1; rps[$1]=$2; p50[$1]=$3; p99[$1]=$4; bad[$1]=$5; err[$1]=$6; rss[$1]=$7; early[$1]=$8; late[$1]=$9; order[++n]=$1 }
   END {
     brps=(rps["baseline"]+rps["baseline-after"])/2; bp99=(p99["baseline"]+p99["baseline-after"])/2
-    printf "| %-17s | %9s | %8s | %8s | %8s | %13s | %-40s |\n", "run", "req/s", "p50 ms", "p99 ms", "non-2xx", "peak RSS MB", "ratio"
-    printf "|%s|%s|%s|%s|%s|%s|%s|\n", "-------------------", "-----------", "----------", "----------", "----------", "---------------", "------------------------------------------"
-    for (i=1; i<=NR; i++) {
-      n=order[i]; r=""
-      if (n=="relay-file") r=sprintf("%.1f%% of baseline (mean), p99 %+.2f ms", 100*rps[n]/brps, p99[n]-bp99)
-      if (n=="relay-file-spool") r=sprintf("%.1f%% of confirm mode (fsync cost)", 100*rps[n]/rps["relay-file"])
-      if (n ~ /^relay-(kafka|amqp|nats)$/) { c=n; sub(/relay-/,"",c); c=c "-client"; r=sprintf("%.1f%% of %s", 100*rps[n]/rps[c], c) }
-      if (rss[n]=="-") m="-"; else m=sprintf("%s (%s -> %s)", rss[n], early[n], late[n])
-      printf "| %-17s | %9s | %8s | %8s | %8s | %13s | %-40s |\n", n, rps[n], p50[n], p99[n], bad[n]+err[n], m, r
+    frps=(rps["floor"]+rps["floor-after"])/2; fu=(cu["floor"]+cu["floor-after"])/2
+    printf "| %-17s | %9s | %8s | %8s | %8s | %9s | %9s | %13s | %-52s |\n", "run", "req/s", "p50 ms", "p99 ms", "non-2xx", "user us", "sys us", "peak RSS MB", "ratio"
+    printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "-------------------", "-----------", "----------", "----------", "----------", "-----------", "-----------", "---------------", "------------------------------------------------------"
+    for (i=1; i<=n; i++) {
+      k=order[i]; r=""
+      if (k=="relay-file") r=sprintf("%.1f%% of floor, %.1f%% of baseline; user CPU %+.2f us vs floor", 100*rps[k]/frps, 100*rps[k]/brps, cu[k]-fu)
+      if (k=="floor") r=sprintf("%.1f%% of baseline", 100*frps/brps)
+      if (k=="relay-file-spool") r=sprintf("%.1f%% of confirm mode (fsync cost)", 100*rps[k]/rps["relay-file"])
+      if (k ~ /^relay-(kafka|amqp|nats)$/) { c=k; sub(/relay-/,"",c); c=c "-client"; r=sprintf("%.1f%% of %s, p99 %.1fx", 100*rps[k]/rps[c], c, (p99[c] > 0 ? p99[k]/p99[c] : 0)) }
+      if (rss[k]=="-") m="-"; else m=sprintf("%s (%s -> %s)", rss[k], early[k], late[k])
+      printf "| %-17s | %9s | %8s | %8s | %8s | %9s | %9s | %13s | %-52s |\n", k, rps[k], p50[k], p99[k], bad[k]+err[k], cu[k], cs[k], m, r
     }
-  }' "$W/results"
-echo "(peak RSS: VmHWM; in brackets RSS 3 s into the run -> at its end. Client rows: errors in non-2xx.)"
+  }' "$W/cpu" "$W/results"
+echo "(user/sys us: CPU per delivery of the server process, or of the broker client for client rows;"
+echo " ratios against the mean of the runs before and after. Peak RSS: VmHWM; in brackets RSS 3 s"
+echo " into the run -> at its end. Client rows: errors in non-2xx.)"
