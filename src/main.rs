@@ -391,6 +391,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     initial: Duration::from_millis(d.retry_initial_ms),
                     max: Duration::from_millis(d.retry_max_ms),
                     max_attempts: d.max_attempts,
+                    max_age: (d.max_age_secs > 0).then(|| Duration::from_secs(d.max_age_secs)),
                 },
                 lanes: d.lanes,
             },

@@ -228,3 +228,32 @@ async fn a_full_spool_never_lets_a_delivery_overtake_its_key() {
     let expected: Vec<u64> = (0..accepted).collect();
     assert_eq!(seqs, expected, "the key's events in order, none overtaken");
 }
+
+#[tokio::test]
+async fn an_entry_failing_past_max_age_becomes_a_dead_letter() {
+    let mut nats = NatsServer::start();
+    nats.down();
+    let relay = RelayProcess::start(&nats_config(&nats.url(), "max_age_secs = 2", "")).await;
+    let (status, text) = post(relay.addr, signed_booking(&booking("stuck", 1)))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay
+        .metric("cal_relay_dead_letters_total{reason=\"expired\",sink=\"bus\"}")
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "never expired: {}", relay.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_cal-relay"))
+        .args(["spool", "--dir"])
+        .arg(relay.path("spool"))
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("\"expired\""), "{listed}");
+    assert_eq!(relay.metric("cal_relay_spool_entries").await, 0.0);
+}

@@ -55,6 +55,9 @@ pub struct DeliveryConfig {
     pub fsync: bool,
     /// Attempts before a message a broker refuses permanently becomes a dead letter.
     pub max_attempts: u32,
+    /// A delivery still failing this long after it was received becomes a dead letter
+    /// (reason `expired`), transient failures included; 0: retried without limit.
+    pub max_age_secs: u64,
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
     /// Deliveries in flight per sink (different keys); one key is always one at a time.
@@ -88,6 +91,7 @@ impl Default for DeliveryConfig {
             max_bytes: 256 * 1024 * 1024,
             fsync: true,
             max_attempts: 5,
+            max_age_secs: 3 * 24 * 3600,
             retry_initial_ms: 100,
             retry_max_ms: 30_000,
             lanes: 64,

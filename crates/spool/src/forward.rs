@@ -23,8 +23,12 @@ pub struct RetryPolicy {
     pub initial: Duration,
     pub max: Duration,
     /// Attempts before a message a sink refuses permanently becomes a dead letter. Transient
-    /// failures (broker down, timeouts) are retried without limit.
+    /// failures (broker down, timeouts) are retried until `max_age`.
     pub max_attempts: u32,
+    /// An entry still failing this long after it was received becomes a dead letter (reason
+    /// `expired`), whatever the failure: one a broker refuses transiently forever does not
+    /// hold its lane for good. `None`: retried without limit.
+    pub max_age: Option<Duration>,
 }
 
 impl RetryPolicy {
@@ -156,6 +160,23 @@ async fn forward(
             bury(ctx, name, entry, &error, attempt).await;
             return true;
         }
+        let age = SystemTime::now()
+            .duration_since(entry.message.received_at)
+            .unwrap_or_default();
+        if ctx.policy.max_age.is_some_and(|max| age >= max) {
+            let expired = SinkError {
+                reason: "expired",
+                detail: format!(
+                    "still failing after {} s ({}: {})",
+                    age.as_secs(),
+                    error.reason,
+                    error.detail
+                ),
+                permanent: true,
+            };
+            bury(ctx, name, entry, &expired, attempt).await;
+            return true;
+        }
         m.retries.with_label_values(&[name, error.reason]).inc();
         let delay = ctx.policy.delay(attempt - 1);
         tracing::debug!(
@@ -244,6 +265,7 @@ mod tests {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(5),
             max_attempts: 3,
+            max_age: None,
         };
         for _ in 0..100 {
             let d0 = p.delay(0);
