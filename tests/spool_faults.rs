@@ -257,3 +257,67 @@ async fn an_entry_failing_past_max_age_becomes_a_dead_letter() {
     assert!(listed.contains("\"expired\""), "{listed}");
     assert_eq!(relay.metric("cal_relay_spool_entries").await, 0.0);
 }
+
+/// SIGTERM while the spool is forwarding: publishes in flight finish and their DONE is written
+/// before the relay exits, so the next start sends nothing twice. (RabbitMQ keeps every copy,
+/// so a duplicate would show.)
+#[tokio::test]
+async fn sigterm_during_forwarding_leaves_no_duplicate() {
+    use support::amqp;
+    let exchange = amqp::unique("x");
+    let (conn, ch) = amqp::channel().await;
+    let queue = amqp::durable_queue(&ch, &exchange, "cal.#").await;
+    drop((conn, ch));
+    let sink = format!(
+        "type = \"amqp\"\nurl = \"{}\"\nexchange = \"{exchange}\"",
+        amqp::amqp_url()
+    );
+    let mut relay = RelayProcess::start(
+        &(one_sink_config("rabbit", &sink)
+            + &spool_section("retry_initial_ms = 50\nretry_max_ms = 200")),
+    )
+    .await;
+    relay.wait_readyz(200, 30).await;
+    // A backlog builds while the broker is away; it is forwarded at full speed once it is back,
+    // and SIGTERM arrives in the middle of that.
+    amqp::broker("rabbit-stop-app");
+    let mut sent = std::collections::HashSet::new();
+    for n in 0..400u64 {
+        let body = booking(&format!("term-{}", n % 64), n);
+        sent.insert(sha256_hex(&body));
+        assert_eq!(
+            post(relay.addr, signed_booking(&body)).await.unwrap().0,
+            202
+        );
+    }
+    amqp::broker("rabbit-start-app");
+    let (_conn, ch) = amqp::channel().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while relay.metric("cal_relay_spool_entries").await >= 400.0 {
+        assert!(Instant::now() < deadline, "forwarding never resumed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = relay.terminate();
+    assert!(status.success(), "{status}");
+    relay.restart().await;
+    wait_drained(&relay).await;
+    let got = amqp::drain(&ch, &queue, Duration::from_secs(2)).await;
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for d in &got {
+        *counts
+            .entry(amqp::header(d, "cal-delivery-id").unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        counts
+            .keys()
+            .cloned()
+            .collect::<std::collections::HashSet<_>>(),
+        sent
+    );
+    let twice = counts.values().filter(|&&c| c > 1).count();
+    assert_eq!(
+        twice, 0,
+        "{twice} deliveries published twice across SIGTERM and restart"
+    );
+}

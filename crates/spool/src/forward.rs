@@ -136,11 +136,10 @@ async fn forward(
     let mut attempt = 0u32;
     loop {
         let started = Instant::now();
-        let result = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => return false,
-            r = sink.publish(&entry.message) => r,
-        };
+        // A publish in flight is not abandoned at shutdown: the broker may already have the
+        // message, and only its DONE (written before the log closes) keeps the next start from
+        // sending it again. Sinks bound a publish by their own timeouts.
+        let result = sink.publish(&entry.message).await;
         m.publish_duration
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
