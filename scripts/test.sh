@@ -37,6 +37,17 @@ if [ ${#ops_missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${ops_missing[@]}" >/dev/null
 fi
 
+# Manifest checks (tests/deploy.rs): Kubernetes' schemas and checkov, from PyPI; kubectl for
+# `kubectl kustomize` is on these machines.
+py_missing=()
+command -v kubernetes-validate >/dev/null 2>&1 || py_missing+=(kubernetes-validate)
+command -v checkov >/dev/null 2>&1 || py_missing+=(checkov)
+if [ ${#py_missing[@]} -gt 0 ]; then
+  echo "== installing ${py_missing[*]} (pip)"
+  pip install -q "${py_missing[@]}"
+fi
+command -v kubectl >/dev/null 2>&1 || { echo "kubectl is needed for the manifest checks" >&2; exit 2; }
+
 # tansu, the Kafka-compatible broker the Kafka tests start (10 to 15 minutes the first time;
 # cached in ~/.cargo/bin afterwards).
 export PATH="$HOME/.cargo/bin:$PATH"
