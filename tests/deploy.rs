@@ -183,7 +183,11 @@ fn kubernetes_manifests_pass_schema_validation_and_checkov() {
     let rendered = run("kubectl", &["kustomize", "deploy/kubernetes"]);
     assert_ok("kubectl kustomize", &rendered);
     let mut all = rendered.stdout.clone();
-    for alt in ["statefulset.yaml", "sidecar-example.yaml", "secret.example.yaml"] {
+    for alt in [
+        "statefulset.yaml",
+        "sidecar-example.yaml",
+        "secret.example.yaml",
+    ] {
         all.extend_from_slice(b"\n---\n");
         all.extend_from_slice(&std::fs::read(root().join("deploy/kubernetes").join(alt)).unwrap());
     }
@@ -195,11 +199,22 @@ fn kubernetes_manifests_pass_schema_validation_and_checkov() {
     assert_ok("kubernetes-validate --strict", &validated);
     let text = String::from_utf8_lossy(&validated.stdout).to_lowercase()
         + &String::from_utf8_lossy(&validated.stderr).to_lowercase();
-    assert!(!text.contains("error") && !text.contains("failed"), "{text}");
+    assert!(
+        !text.contains("error") && !text.contains("failed"),
+        "{text}"
+    );
 
     let checked = run(
         "checkov",
-        &["-f", &path, "--framework", "kubernetes", "--compact", "--quiet", "--skip-download"],
+        &[
+            "-f",
+            &path,
+            "--framework",
+            "kubernetes",
+            "--compact",
+            "--quiet",
+            "--skip-download",
+        ],
     );
     assert_ok("checkov", &checked);
 }

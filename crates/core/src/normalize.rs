@@ -2,11 +2,12 @@
 //!
 //! - An envelope (a JSON object with a string `triggerEvent` and an object `payload`) is kept
 //!   byte-identical: it is scanned once, without building a `serde_json::Value`.
-//! - A flat object with `triggerEvent` but no `payload` object (MEETING_STARTED/ENDED) is
+//! - A flat MEETING_STARTED/MEETING_ENDED object (a `triggerEvent` but no `payload` object) is
 //!   wrapped: `payload` holds every root field but `triggerEvent`, each field's bytes copied as
 //!   they came, and `createdAt` is the receive time.
-//! - Anything else (no `triggerEvent`, not an object, not JSON) is a custom-template body,
-//!   passed on as-is with its content type.
+//! - Anything else (no `triggerEvent`, not an object, not JSON, or another trigger without a
+//!   `payload` object, which only a custom template produces) is a custom-template body, passed
+//!   on as-is with its content type.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -124,6 +125,12 @@ pub fn normalize(
             json: true,
             created_at: root.created_at,
         }),
+        // A custom JSON template can render `"triggerEvent":"{{triggerEvent}}"` and a few
+        // fields without a payload: only the triggers Cal.com really sends flat are wrapped,
+        // so a trigger's destination carries that trigger's envelope and nothing else.
+        None if !trigger::FLAT.contains(&trigger.as_str()) => {
+            Ok(template(body, content_type, true))
+        }
         None => {
             let wrapped = wrap(&body, &trigger, received_at).map_err(NormalizeError::Wrap)?;
             Ok(Normalized {
@@ -482,6 +489,23 @@ mod tests {
         assert_eq!(n.shape, Shape::Flat);
         let v: serde_json::Value = serde_json::from_slice(&n.body).unwrap();
         assert_eq!(v["payload"]["payload"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_template_that_renders_a_trigger_without_payload_stays_a_template() {
+        let body = Bytes::from_static(
+            br#"{"triggerEvent":"BOOKING_CREATED","createdAt":"2026-01-01T00:00:00Z","title":"x"}"#,
+        );
+        let n = normalize(body.clone(), Some(JSON), at()).unwrap();
+        assert_eq!(n.shape, Shape::Template);
+        assert_eq!(n.trigger, None);
+        assert_eq!(n.body, body);
+        assert!(n.json);
+        let unknown = Bytes::from_static(br#"{"triggerEvent":"SOMETHING_NEW","id":1}"#);
+        assert_eq!(
+            normalize(unknown, Some(JSON), at()).unwrap().shape,
+            Shape::Template
+        );
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub fn label(trigger: &str) -> &'static str {
 
 /// Whether `trigger` is usable as a name: 1 to 64 ASCII letters, digits or `_`. Anything else
 /// (spaces, `.`, `*`, `>`) could escape the naming hierarchy of a subject or routing key.
+/// The triggers Cal.com sends flat (no `payload` object), which the relay wraps into the
+/// envelope. A body without a `payload` object for any other trigger is a custom template.
+pub const FLAT: &[&str] = &["MEETING_STARTED", "MEETING_ENDED"];
+
 pub fn is_valid(trigger: &str) -> bool {
     !trigger.is_empty()
         && trigger.len() <= 64
