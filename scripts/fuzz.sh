@@ -3,7 +3,8 @@
 # nightly toolchain, runs each target for SECONDS (default 60), prints executions, corpus size,
 # coverage and crashes per target, and exits non-zero if any target crashed, timed out or ran
 # out of memory. Crash inputs are left in fuzz/artifacts/TARGET/.
-# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (FUZZ_JOBS=2 runs two targets at once)
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (FUZZ_JOBS=2 runs two targets at once;
+#        FUZZ_RUNS=N stops each target after N executions instead, SECONDS then bounding it)
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECS=${1:-60}
@@ -24,8 +25,10 @@ run_one() {
   mkdir -p "corpus/$t" "artifacts/$t"
   # Timeouts (-timeout, seconds per input) and out-of-memory (-rss_limit_mb, -malloc_limit_mb)
   # count as failures like crashes.
+  local runs=()
+  [ -n "${FUZZ_RUNS:-}" ] && runs=(-runs="$FUZZ_RUNS")
   cargo +nightly fuzz run -s none "$t" "corpus/$t" "seeds/$t" -- \
-    -dict=dict/cal.dict -max_total_time="$SECS" -max_len=65536 -timeout=10 \
+    -dict=dict/cal.dict -max_total_time="$SECS" "${runs[@]}" -max_len=65536 -timeout=10 \
     -rss_limit_mb=2048 -malloc_limit_mb=256 -print_final_stats=1 \
     > "$out/$t.log" 2>&1
   echo $? > "$out/$t.rc"
