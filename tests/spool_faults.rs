@@ -321,3 +321,89 @@ async fn sigterm_during_forwarding_leaves_no_duplicate() {
         "{twice} deliveries published twice across SIGTERM and restart"
     );
 }
+
+/// One entry a broker refuses transiently for good (here: a stream that takes one message per
+/// subject and discards new ones) holds up only its own key: with a single lane, every other
+/// delivery is forwarded meanwhile, and the stuck one becomes a dead letter after max_age_secs.
+#[tokio::test]
+async fn a_stuck_entry_holds_up_only_its_own_key() {
+    use async_nats::jetstream::{self, stream};
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(stream::Config {
+        name: "PINGS".into(),
+        subjects: vec!["cal.ping".into()],
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.create_stream(stream::Config {
+        name: "CAL".into(),
+        subjects: vec!["cal.booking.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sink = format!(
+        "type = \"nats\"\nurl = \"{}\"\nack_timeout_ms = 1000",
+        nats.url()
+    );
+    let relay = RelayProcess::start(
+        &(one_sink_config("bus", &sink)
+            + &spool_section(
+                "lanes = 1\nmax_age_secs = 8\nretry_initial_ms = 100\nretry_max_ms = 300",
+            )),
+    )
+    .await;
+    let ping = |n: u32| {
+        format!(r#"{{"triggerEvent":"PING","createdAt":"2026-12-01T00:00:00.000Z","payload":{{"n":{n}}}}}"#)
+            .into_bytes()
+    };
+    for n in 0..2 {
+        let (status, text) = post(relay.addr, signed_booking(&ping(n))).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+    }
+    // The second ping is refused by its stream from now on; the bookings behind it in the one
+    // lane must not wait for it.
+    for n in 0..20u64 {
+        let (status, text) = post(relay.addr, signed_booking(&booking(&format!("b-{n}"), n)))
+            .await
+            .unwrap();
+        assert_eq!(status, 202, "{text}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = stream_messages(&nats.url(), "CAL").await.len();
+        if got == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {got} of 20 bookings forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...while the ping was still stuck: it has not expired yet, so the bookings went past it.
+    assert_eq!(
+        relay
+            .metric("cal_relay_dead_letters_total{reason=\"expired\",sink=\"bus\"}")
+            .await,
+        0.0,
+        "the bookings waited for the stuck entry to expire"
+    );
+    // The stuck ping expires into a dead letter; nothing is left pending.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay
+        .metric("cal_relay_dead_letters_total{reason=\"expired\",sink=\"bus\"}")
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "the stuck entry never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_drained(&relay).await;
+    assert_eq!(stream_messages(&nats.url(), "PINGS").await.len(), 1);
+}

@@ -1,7 +1,9 @@
 //! Forwarding spooled entries to their sinks. Each sink has a fixed number of lanes; an entry
 //! goes to the lane its key hashes to (its id when it has no key), and a lane publishes one
 //! entry at a time, retrying until the sink confirms. So entries with the same key reach a
-//! sink in log order, across retries and restarts, while different keys go in parallel.
+//! sink in log order, across retries and restarts, while different keys go in parallel. A key
+//! whose entry keeps failing is parked with its later entries, and the lane goes on with the
+//! other keys: a stuck entry holds up only its own key.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -102,6 +104,28 @@ pub fn start(
     (Lanes { senders }, tasks)
 }
 
+/// The key an entry is ordered by: its message key, else its id (no order to keep).
+fn order_key(entry: &Entry) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    entry
+        .message
+        .key
+        .as_deref()
+        .unwrap_or(&entry.message.id)
+        .hash(&mut h);
+    h.finish()
+}
+
+/// A key whose head entry failed and waits for its next attempt; the key's later entries queue
+/// behind it, while other keys of the lane go on.
+struct Parked {
+    queue: std::collections::VecDeque<Arc<Entry>>,
+    attempt: u32,
+    retry_at: tokio::time::Instant,
+}
+
+/// One lane: entries in arrival order, one publish at a time. An entry that fails parks its
+/// key (with backoff) instead of holding up the lane, so a stuck entry delays only its own key.
 async fn run_lane(
     ctx: Arc<Context>,
     name: String,
@@ -109,100 +133,140 @@ async fn run_lane(
     mut entries: mpsc::UnboundedReceiver<Arc<Entry>>,
 ) {
     let mut shutdown = ctx.shutdown.clone();
+    let mut parked: std::collections::HashMap<u64, Parked> = std::collections::HashMap::new();
     loop {
-        let entry = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            entry = entries.recv() => match entry {
-                Some(e) => e,
-                None => return,
-            },
+        let due = parked
+            .iter()
+            .min_by_key(|(_, p)| p.retry_at)
+            .map(|(k, p)| (*k, p.retry_at));
+        let next_retry = async {
+            match due {
+                Some((_, at)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
         };
-        if !forward(&ctx, &name, sink.as_ref(), &entry, &mut shutdown).await {
-            return;
+        let stopping = async {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        tokio::select! {
+            biased;
+            () = stopping => return,
+            () = next_retry => {
+                let Some((key, _)) = due else { continue };
+                // Retry the parked key's head; on success, go on with its queue.
+                while let Some(p) = parked.get_mut(&key) {
+                    let Some(head) = p.queue.front().cloned() else {
+                        parked.remove(&key);
+                        break;
+                    };
+                    match attempt(&ctx, &name, sink.as_ref(), &head, p.attempt + 1).await {
+                        Step::Finished => {
+                            p.queue.pop_front();
+                            p.attempt = 0;
+                        }
+                        Step::RetryIn(delay) => {
+                            p.attempt += 1;
+                            p.retry_at = tokio::time::Instant::now() + delay;
+                            break;
+                        }
+                    }
+                }
+            }
+            entry = entries.recv() => {
+                let Some(entry) = entry else { return };
+                let key = order_key(&entry);
+                if let Some(p) = parked.get_mut(&key) {
+                    p.queue.push_back(entry);
+                    continue;
+                }
+                if let Step::RetryIn(delay) = attempt(&ctx, &name, sink.as_ref(), &entry, 1).await {
+                    parked.insert(
+                        key,
+                        Parked {
+                            queue: std::collections::VecDeque::from([entry]),
+                            attempt: 1,
+                            retry_at: tokio::time::Instant::now() + delay,
+                        },
+                    );
+                }
+            }
         }
     }
 }
 
-/// Publish `entry` to `sink` until it is confirmed or dead-lettered; false on shutdown.
-async fn forward(
-    ctx: &Context,
-    name: &str,
-    sink: &dyn Sink,
-    entry: &Entry,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
+/// What one attempt left to do.
+enum Step {
+    /// Confirmed or dead-lettered: the entry is done here.
+    Finished,
+    /// Failed; try again after this long.
+    RetryIn(Duration),
+}
+
+/// Publish `entry` to `sink` once (attempt number `attempt`, from 1). A publish in flight is
+/// not abandoned at shutdown: the broker may already have the message, and only its DONE
+/// (written before the log closes) keeps the next start from sending it again. Sinks bound a
+/// publish by their own timeouts.
+async fn attempt(ctx: &Context, name: &str, sink: &dyn Sink, entry: &Entry, attempt: u32) -> Step {
     let m = &ctx.metrics;
-    let mut attempt = 0u32;
-    loop {
-        let started = Instant::now();
-        // A publish in flight is not abandoned at shutdown: the broker may already have the
-        // message, and only its DONE (written before the log closes) keeps the next start from
-        // sending it again. Sinks bound a publish by their own timeouts.
-        let result = sink.publish(&entry.message).await;
-        m.publish_duration
-            .with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64());
-        attempt += 1;
-        let error = match result {
-            Ok(()) => {
-                m.published.with_label_values(&[name, &entry.label]).inc();
-                done(ctx, entry.seq, name);
-                return true;
-            }
-            Err(e) => e,
+    let started = Instant::now();
+    let result = sink.publish(&entry.message).await;
+    m.publish_duration
+        .with_label_values(&[name])
+        .observe(started.elapsed().as_secs_f64());
+    let error = match result {
+        Ok(()) => {
+            m.published.with_label_values(&[name, &entry.label]).inc();
+            done(ctx, entry.seq, name);
+            return Step::Finished;
+        }
+        Err(e) => e,
+    };
+    m.publish_errors
+        .with_label_values(&[name, &entry.label, error.reason])
+        .inc();
+    if error.permanent && attempt >= ctx.policy.max_attempts {
+        bury(ctx, name, entry, &error, attempt).await;
+        return Step::Finished;
+    }
+    let age = SystemTime::now()
+        .duration_since(entry.message.received_at)
+        .unwrap_or_default();
+    if ctx.policy.max_age.is_some_and(|max| age >= max) {
+        let expired = SinkError {
+            reason: "expired",
+            detail: format!(
+                "still failing after {} s ({}: {})",
+                age.as_secs(),
+                error.reason,
+                error.detail
+            ),
+            permanent: true,
         };
-        m.publish_errors
-            .with_label_values(&[name, &entry.label, error.reason])
-            .inc();
-        if error.permanent && attempt >= ctx.policy.max_attempts {
-            bury(ctx, name, entry, &error, attempt).await;
-            return true;
-        }
-        let age = SystemTime::now()
-            .duration_since(entry.message.received_at)
-            .unwrap_or_default();
-        if ctx.policy.max_age.is_some_and(|max| age >= max) {
-            let expired = SinkError {
-                reason: "expired",
-                detail: format!(
-                    "still failing after {} s ({}: {})",
-                    age.as_secs(),
-                    error.reason,
-                    error.detail
-                ),
-                permanent: true,
-            };
-            bury(ctx, name, entry, &expired, attempt).await;
-            return true;
-        }
-        m.retries.with_label_values(&[name, error.reason]).inc();
-        let delay = ctx.policy.delay(attempt - 1);
-        tracing::debug!(
+        bury(ctx, name, entry, &expired, attempt).await;
+        return Step::Finished;
+    }
+    m.retries.with_label_values(&[name, error.reason]).inc();
+    let delay = ctx.policy.delay(attempt - 1);
+    tracing::debug!(
+        sink = name,
+        seq = entry.seq,
+        attempt,
+        reason = error.reason,
+        ?delay,
+        "spool: retrying"
+    );
+    if attempt == 1 || attempt.is_power_of_two() {
+        tracing::warn!(
             sink = name,
             seq = entry.seq,
+            delivery_id = %entry.message.id,
             attempt,
             reason = error.reason,
-            ?delay,
-            "spool: retrying"
+            detail = %error.detail,
+            "spool: publish failed; will retry"
         );
-        if attempt == 1 || attempt.is_power_of_two() {
-            tracing::warn!(
-                sink = name,
-                seq = entry.seq,
-                delivery_id = %entry.message.id,
-                attempt,
-                reason = error.reason,
-                detail = %error.detail,
-                "spool: publish failed; will retry"
-            );
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => return false,
-            () = tokio::time::sleep(delay) => {}
-        }
     }
+    Step::RetryIn(delay)
 }
 
 fn done(ctx: &Context, seq: u64, sink: &str) {
