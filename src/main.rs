@@ -404,8 +404,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if d.dedup_window_secs > 0 {
         let window = Duration::from_secs(d.dedup_window_secs);
         let dedup = match d.dedup_path() {
-            Some(path) => cal_relay_server::Dedup::with_file(window, d.dedup_max_entries, &path)
-                .with_context(|| format!("delivery.dedup_file {}", path.display()))?,
+            Some(path) => {
+                match cal_relay_server::Dedup::with_file(window, d.dedup_max_entries, &path) {
+                    Ok(dedup) => dedup,
+                    // Serving matters more: keep the window in memory, and say what is lost.
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "cannot keep de-duplication ids in this file: they live in memory only, so a replay after a restart is published again (set delivery.dedup_file to a writable path)");
+                        cal_relay_server::Dedup::new(window, d.dedup_max_entries)
+                    }
+                }
+            }
             None => cal_relay_server::Dedup::new(window, d.dedup_max_entries),
         };
         relay = relay.with_dedup(dedup);

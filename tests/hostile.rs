@@ -586,3 +586,18 @@ async fn allow_from_refuses_other_addresses_with_403() {
     assert_eq!(post(relay2.addr, p).await.unwrap().0, 403);
     assert_eq!(sink_lines(&relay), 0);
 }
+
+#[tokio::test]
+async fn in_confirm_mode_a_replay_after_a_restart_is_a_duplicate_too() {
+    let config = one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\"")
+        .replace("replay_window_secs = 0", "replay_window_secs = 3600");
+    let mut relay = RelayProcess::start(&config).await;
+    let captured = fresh("confirm-replay", 0);
+    let (status, body) = post(relay.addr, signed_booking(&captured)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    relay.restart().await;
+    let (status, body) = post(relay.addr, signed_booking(&captured)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("duplicate"), "{body}");
+    assert_eq!(sink_lines(&relay), 1);
+}

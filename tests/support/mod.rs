@@ -370,7 +370,10 @@ fn spawn(config: &Path, log: &Path, env: &[(String, String)]) -> Child {
         .append(true)
         .open(log)
         .unwrap();
+    // In the relay's own directory: relative paths (the default data/ directory of the spool
+    // and the de-duplication file) belong to this relay alone.
     Command::new(env!("CARGO_BIN_EXE_cal-relay"))
+        .current_dir(config.parent().unwrap_or(Path::new(".")))
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")

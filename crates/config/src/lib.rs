@@ -66,8 +66,8 @@ pub struct DeliveryConfig {
     pub dedup_window_secs: u64,
     /// Ids remembered at most (about 60 bytes each); the oldest are forgotten first.
     pub dedup_max_entries: usize,
-    /// File that keeps the de-duplication window across restarts. Default: `dedup.ids` in
-    /// `dir` in spool mode; none (memory only) in confirm mode.
+    /// File that keeps the de-duplication window across restarts (so a replay after a restart
+    /// is still answered as a duplicate). Default: `dedup.ids` in `dir`, in both modes.
     pub dedup_file: Option<PathBuf>,
 }
 
@@ -77,9 +77,11 @@ impl DeliveryConfig {
         if self.dedup_window_secs == 0 {
             return None;
         }
-        self.dedup_file
-            .clone()
-            .or_else(|| (self.mode == "spool").then(|| self.dir.join("dedup.ids")))
+        Some(
+            self.dedup_file
+                .clone()
+                .unwrap_or_else(|| self.dir.join("dedup.ids")),
+        )
     }
 }
 
