@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
-use futures_util::StreamExt;
+use async_nats::jetstream;
 use support::nats::NatsCluster;
 use support::*;
 
@@ -60,49 +59,17 @@ async fn stream_leader(js: &jetstream::Context) -> String {
 
 /// `Nats-Msg-Id` of every message in the stream (read from any live node).
 async fn stream_ids(js: &jetstream::Context) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let stream = loop {
-        match js.get_stream(STREAM).await {
-            Ok(s) => break s,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "stream unavailable: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    // No acks: a consumer that needs them stops at max_ack_pending unacknowledged messages.
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            ack_policy: consumer::AckPolicy::None,
-            ..Default::default()
-        })
+    support::nats::messages_of(js, STREAM)
         .await
-        .unwrap();
-    let mut ids = Vec::new();
-    loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1000)
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await
-            .unwrap();
-        let mut got = 0;
-        while let Some(m) = batch.next().await {
-            let m = m.unwrap();
-            let id = m
-                .headers
+        .iter()
+        .map(|m| {
+            m.headers
                 .as_ref()
                 .and_then(|h| h.get("Nats-Msg-Id"))
                 .map(|v| v.to_string())
-                .unwrap_or_default();
-            ids.push(id);
-            got += 1;
-        }
-        if got == 0 {
-            return ids;
-        }
-    }
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// What a load run saw.
@@ -153,6 +120,30 @@ async fn load(addrs: Vec<SocketAddr>, clients: usize, run: Duration, kill_at: In
         t.await.unwrap();
     }
     Arc::try_unwrap(tally).ok().unwrap().into_inner().unwrap()
+}
+
+/// What a failover left behind: acknowledged ids missing from `ids` (what the broker holds),
+/// extra copies in it, and how long the 5xx answers lasted.
+struct Outcome {
+    lost: usize,
+    duplicates: usize,
+    failover: String,
+}
+
+fn outcome(tally: &Tally, ids: &[String]) -> Outcome {
+    let present: HashSet<&String> = ids.iter().collect();
+    Outcome {
+        lost: tally
+            .acknowledged
+            .iter()
+            .filter(|id| !present.contains(id))
+            .count(),
+        duplicates: ids.len() - present.len(),
+        failover: tally
+            .failing
+            .map(|(a, b)| format!("{:.1}s", (b.saturating_sub(a)).as_secs_f64()))
+            .unwrap_or_else(|| "-".into()),
+    }
 }
 
 fn record(line: &str) {
@@ -218,21 +209,11 @@ async fn leader_killed_under_load(spool: bool) {
         wait_drained(&relay).await;
     }
     let ids = stream_ids(&js).await;
-    let present: HashSet<&String> = ids.iter().collect();
-    let lost = tally
-        .acknowledged
-        .iter()
-        .filter(|id| !present.contains(id))
-        .count();
-    let mut counts: HashMap<&String, usize> = HashMap::new();
-    for id in &ids {
-        *counts.entry(id).or_default() += 1;
-    }
-    let duplicates = counts.values().filter(|&&c| c > 1).count();
-    let failover = tally
-        .failing
-        .map(|(a, b)| format!("{:.1}s", (b.saturating_sub(a)).as_secs_f64()))
-        .unwrap_or_else(|| "-".into());
+    let Outcome {
+        lost,
+        duplicates,
+        failover,
+    } = outcome(&tally, &ids);
     record(&format!(
         "nats cluster, {} mode, leader {leader} killed then restarted (new leader {new_leader}): acknowledged {}, present {}, lost {lost}, duplicates {duplicates}, 5xx {}, 5xx span {failover}",
         if spool { "spool" } else { "confirm" },
@@ -396,24 +377,18 @@ async fn quorum_queue(url: &str) {
 
 /// `message_id` of every message in the quorum queue.
 async fn queue_ids(url: &str) -> Vec<String> {
-    use lapin::options::BasicGetOptions;
     let (_conn, ch) = rabbit_channel(url).await;
-    let mut ids = Vec::new();
-    while let Some(m) = ch
-        .basic_get("bookings".into(), BasicGetOptions { no_ack: true })
+    support::amqp::drain(&ch, "bookings", Duration::from_secs(2))
         .await
-        .unwrap()
-    {
-        ids.push(
-            m.delivery
-                .properties
+        .iter()
+        .map(|d| {
+            d.properties
                 .message_id()
                 .as_ref()
                 .map(|s| s.to_string())
-                .unwrap_or_default(),
-        );
-    }
-    ids
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 async fn rabbit_node_killed_under_load(spool: bool) {
@@ -448,17 +423,11 @@ async fn rabbit_node_killed_under_load(spool: bool) {
         wait_drained(&relay).await;
     }
     let ids = queue_ids(&cluster.url(1)).await;
-    let present: HashSet<&String> = ids.iter().collect();
-    let lost = tally
-        .acknowledged
-        .iter()
-        .filter(|id| !present.contains(id))
-        .count();
-    let duplicates = ids.len() - present.len();
-    let failover = tally
-        .failing
-        .map(|(a, b)| format!("{:.1}s", (b.saturating_sub(a)).as_secs_f64()))
-        .unwrap_or_else(|| "-".into());
+    let Outcome {
+        lost,
+        duplicates,
+        failover,
+    } = outcome(&tally, &ids);
     record(&format!(
         "rabbitmq cluster (quorum queue), {} mode, connected node r1 killed then restarted: acknowledged {}, present {}, lost {lost}, duplicates {duplicates} (same cal-delivery-id), 5xx {}, 5xx span {failover}",
         if spool { "spool" } else { "confirm" },

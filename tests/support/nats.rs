@@ -174,13 +174,32 @@ impl Drop for NatsCluster {
     }
 }
 
-/// Every message of JetStream stream `name` at `url`, in stream order (an ephemeral consumer
-/// without acks, read until a fetch comes back empty).
+/// Every message of JetStream stream `name` at `url`, in stream order.
 pub async fn stream_messages(url: &str, name: &str) -> Vec<async_nats::jetstream::Message> {
-    use async_nats::jetstream::{self, consumer};
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    messages_of(&js, name).await
+}
+
+/// Every message of stream `name` seen through `js`, in stream order: an ephemeral consumer
+/// without acks (one that needs them stops at max_ack_pending), read until a fetch comes back
+/// empty. The stream is waited for while a cluster elects its leader.
+pub async fn messages_of(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> Vec<async_nats::jetstream::Message> {
+    use async_nats::jetstream::consumer;
     use futures_util::StreamExt;
-    let js = jetstream::new(async_nats::connect(url).await.unwrap());
-    let stream = js.get_stream(name).await.unwrap();
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        match js.get_stream(name).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "stream {name} unavailable: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
     let consumer = stream
         .create_consumer(consumer::pull::Config {
             ack_policy: consumer::AckPolicy::None,
@@ -192,8 +211,8 @@ pub async fn stream_messages(url: &str, name: &str) -> Vec<async_nats::jetstream
     loop {
         let mut batch = consumer
             .fetch()
-            .max_messages(500)
-            .expires(std::time::Duration::from_secs(1))
+            .max_messages(1000)
+            .expires(Duration::from_secs(1))
             .messages()
             .await
             .unwrap();

@@ -126,27 +126,22 @@ impl Dedup {
         let mut inner = self.lock();
         inner.expire(now, self.window);
         let key = digest(id);
-        if inner.remember(key, now, self.max_entries) {
-            let live = inner.seen.len();
-            if let Some(file) = inner.file.as_mut() {
-                if let Err(e) = file.append(key) {
-                    tracing::warn!(error = %e, path = %file.path.display(), "cannot record a delivery id for de-duplication");
-                }
-            }
-            if inner
-                .file
-                .as_ref()
-                .is_some_and(|f| f.lines > 2 * live + 1024)
-            {
-                let (path, now_ms) = match &inner.file {
-                    Some(f) => (f.path.clone(), unix_ms(SystemTime::now())),
-                    None => return,
-                };
-                match Persist::rewrite(&path, &inner.order, now, now_ms) {
-                    Ok(p) => inner.file = Some(p),
-                    Err(e) => {
-                        tracing::warn!(error = %e, path = %path.display(), "cannot compact the de-duplication file")
-                    }
+        if !inner.remember(key, now, self.max_entries) {
+            return;
+        }
+        let live = inner.seen.len();
+        let Inner { order, file, .. } = &mut *inner;
+        let Some(persist) = file.as_mut() else {
+            return;
+        };
+        if let Err(e) = persist.append(key) {
+            tracing::warn!(error = %e, path = %persist.path.display(), "cannot record a delivery id for de-duplication");
+        }
+        if persist.lines > 2 * live + 1024 {
+            match Persist::rewrite(&persist.path, order, now, unix_ms(SystemTime::now())) {
+                Ok(p) => *persist = p,
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %persist.path.display(), "cannot compact the de-duplication file")
                 }
             }
         }

@@ -50,11 +50,16 @@ pub struct Lanes {
     senders: BTreeMap<String, Vec<mpsc::UnboundedSender<Arc<Entry>>>>,
 }
 
-/// Which of `n` lanes carries `message`.
-pub fn lane_of(message: &Message, n: usize) -> usize {
+/// The hash a message is ordered by: of its key, else of its id (no order to keep).
+fn order_key(message: &Message) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     message.key.as_deref().unwrap_or(&message.id).hash(&mut h);
-    (h.finish() % n.max(1) as u64) as usize
+    h.finish()
+}
+
+/// Which of `n` lanes carries `message`.
+pub fn lane_of(message: &Message, n: usize) -> usize {
+    (order_key(message) % n.max(1) as u64) as usize
 }
 
 impl Dispatch for Lanes {
@@ -102,18 +107,6 @@ pub fn start(
         senders.insert(name.clone(), lanes);
     }
     (Lanes { senders }, tasks)
-}
-
-/// The key an entry is ordered by: its message key, else its id (no order to keep).
-fn order_key(entry: &Entry) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    entry
-        .message
-        .key
-        .as_deref()
-        .unwrap_or(&entry.message.id)
-        .hash(&mut h);
-    h.finish()
 }
 
 /// A key whose head entry failed and waits for its next attempt; the key's later entries queue
@@ -174,7 +167,7 @@ async fn run_lane(
             }
             entry = entries.recv() => {
                 let Some(entry) = entry else { return };
-                let key = order_key(&entry);
+                let key = order_key(&entry.message);
                 if let Some(p) = parked.get_mut(&key) {
                     p.queue.push_back(entry);
                     continue;
