@@ -364,6 +364,14 @@ impl Drop for RelayProcess {
     }
 }
 
+/// The relay binary the tests start: this build's, or `CAL_RELAY_BIN` (e.g.
+/// `target/release/cal-relay`, to take figures from the binary that ships).
+pub fn relay_binary() -> PathBuf {
+    std::env::var_os("CAL_RELAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cal-relay")))
+}
+
 fn spawn(config: &Path, log: &Path, env: &[(String, String)]) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -372,7 +380,7 @@ fn spawn(config: &Path, log: &Path, env: &[(String, String)]) -> Child {
         .unwrap();
     // In the relay's own directory: relative paths (the default data/ directory of the spool
     // and the de-duplication file) belong to this relay alone.
-    Command::new(env!("CARGO_BIN_EXE_cal-relay"))
+    Command::new(relay_binary())
         .current_dir(config.parent().unwrap_or(Path::new(".")))
         .args(["serve", "--config"])
         .arg(config)

@@ -5,7 +5,7 @@
 //! may lose the last ids), the file is read back at start and rewritten when it holds more than
 //! twice the live ids.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, Write};
@@ -22,7 +22,8 @@ pub struct Dedup {
 
 #[derive(Default)]
 struct Inner {
-    seen: HashMap<u128, Instant>,
+    /// The ids of `order`, each once: `order` says when it was first seen.
+    seen: HashSet<u128>,
     order: VecDeque<(u128, Instant)>,
     file: Option<Persist>,
 }
@@ -117,7 +118,7 @@ impl Dedup {
     pub fn seen(&self, id: &str, now: Instant) -> bool {
         let mut inner = self.lock();
         inner.expire(now, self.window);
-        inner.seen.contains_key(&digest(id))
+        inner.seen.contains(&digest(id))
     }
 
     /// Remember `id` as accepted at `now`. An id already remembered keeps its first time (so it
@@ -185,10 +186,9 @@ impl Persist {
 impl Inner {
     /// Add `key` seen at `at` unless known; evict the oldest past `max`. True when added.
     fn remember(&mut self, key: u128, at: Instant, max: usize) -> bool {
-        if self.seen.contains_key(&key) {
+        if !self.seen.insert(key) {
             return false;
         }
-        self.seen.insert(key, at);
         self.order.push_back((key, at));
         while self.seen.len() > max {
             match self.order.pop_front() {
@@ -207,9 +207,7 @@ impl Inner {
                 break;
             }
             self.order.pop_front();
-            if self.seen.get(&key) == Some(&at) {
-                self.seen.remove(&key);
-            }
+            self.seen.remove(&key);
         }
     }
 }

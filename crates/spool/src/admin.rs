@@ -57,11 +57,7 @@ pub fn stats(dir: &Path) -> io::Result<Stats> {
             .map(|m| m.len())
             .sum(),
         segments: scan.segments.len(),
-        oldest: scan
-            .pending
-            .iter()
-            .map(|(e, _)| e.message.received_at)
-            .min(),
+        oldest: scan.pending.values().map(|s| s.received_at).min(),
         dead_letters: dead::dead_letters(dir)?.len(),
         inbox: dead::inbox(dir)?.len(),
         unreadable_bytes: scan.damaged.iter().map(|d| d.2).sum(),
@@ -71,15 +67,18 @@ pub fn stats(dir: &Path) -> io::Result<Stats> {
 /// Pending entries (log order), then dead letters.
 pub fn list(dir: &Path) -> io::Result<Vec<Item>> {
     let scan = log::scan(dir, false)?;
-    let mut out: Vec<Item> = scan
-        .pending
-        .into_iter()
-        .map(|(entry, _)| Item {
+    let mut out = Vec::with_capacity(scan.pending.len());
+    for slot in scan.pending.values() {
+        let entry = Entry {
+            targets: slot.targets.to_vec(),
+            ..log::read_entry(dir, &slot.location())?
+        };
+        out.push(Item {
             id: entry.seq.to_string(),
             state: State::Pending,
             entry,
-        })
-        .collect();
+        });
+    }
     for (d, _) in dead::dead_letters(dir)? {
         out.push(Item {
             id: dead::dead_id(d.entry.seq, &d.sink),

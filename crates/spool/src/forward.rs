@@ -4,18 +4,23 @@
 //! sink in log order, across retries and restarts, while different keys go in parallel. A key
 //! whose entry keeps failing is parked with its later entries, and the lane goes on with the
 //! other keys: a stuck entry holds up only its own key.
+//!
+//! Lanes queue [`Slot`]s. An entry just written travels with its slot while the bodies held
+//! that way stay under [`HELD_BYTES`]; beyond that (a lane far behind, a broker down for
+//! hours) the entry is read back from the log when its turn comes, so memory does not grow
+//! with the backlog.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use cal_relay_sink::{Message, Sink, SinkError};
+use cal_relay_sink::{Sink, SinkError};
 use tokio::sync::{mpsc, watch};
 
-use crate::log::{Command, Dispatch};
+use crate::log::{Command, Dispatch, Location, Slot};
 use crate::record::{DeadLetter, Entry};
 use crate::SpoolMetrics;
 
@@ -45,30 +50,75 @@ impl RetryPolicy {
     }
 }
 
+/// Most bytes of message bodies the lanes hold in memory, over all sinks; entries beyond are
+/// read back from the log when their turn comes.
+pub const HELD_BYTES: u64 = 2 * 1024 * 1024;
+
+/// An entry held in memory for the lanes, counted against [`HELD_BYTES`] until dropped.
+pub struct Held {
+    entry: Arc<Entry>,
+    bytes: u64,
+    /// `None` for an entry read back for its turn (not counted).
+    budget: Option<Arc<AtomicU64>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a lane queues: where the entry is, how it is ordered, when it came, and the entry
+/// itself when it is held in memory. Small: a lane far behind holds many.
+struct Queued {
+    at: Location,
+    order: u64,
+    received_at: SystemTime,
+    entry: Option<Arc<Held>>,
+}
+
 /// The lanes' senders, by sink; the log's writer dispatches into them.
 pub struct Lanes {
-    senders: BTreeMap<String, Vec<mpsc::UnboundedSender<Arc<Entry>>>>,
+    senders: BTreeMap<String, Vec<mpsc::UnboundedSender<Queued>>>,
+    held: Arc<AtomicU64>,
 }
 
-/// The hash a message is ordered by: of its key, else of its id (no order to keep).
-fn order_key(message: &Message) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    message.key.as_deref().unwrap_or(&message.id).hash(&mut h);
-    h.finish()
-}
-
-/// Which of `n` lanes carries `message`.
-pub fn lane_of(message: &Message, n: usize) -> usize {
-    (order_key(message) % n.max(1) as u64) as usize
+/// Which of `n` lanes carries an entry ordered by `order` ([`Slot::order`]).
+pub fn lane_of(order: u64, n: usize) -> usize {
+    (order % n.max(1) as u64) as usize
 }
 
 impl Dispatch for Lanes {
-    fn dispatch(&mut self, entry: Arc<Entry>) {
-        for target in &entry.targets {
+    fn dispatch(&mut self, slot: &Slot, entry: Option<Arc<Entry>>) {
+        // The body and about what the rest of an entry takes (id, headers, allocations).
+        let bytes = entry
+            .as_ref()
+            .map_or(0, |e| e.message.body.len() as u64 + 1024);
+        let held = entry.filter(|_| {
+            self.held
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                    (h + bytes <= HELD_BYTES).then_some(h + bytes)
+                })
+                .is_ok()
+        });
+        let held = held.map(|entry| {
+            Arc::new(Held {
+                entry,
+                bytes,
+                budget: Some(self.held.clone()),
+            })
+        });
+        for target in slot.targets.iter() {
             if let Some(lanes) = self.senders.get(target) {
-                let i = lane_of(&entry.message, lanes.len());
-                if let Some(lane) = lanes.get(i) {
-                    let _ = lane.send(entry.clone());
+                if let Some(lane) = lanes.get(lane_of(slot.order, lanes.len())) {
+                    let _ = lane.send(Queued {
+                        at: slot.location(),
+                        order: slot.order,
+                        received_at: slot.received_at,
+                        entry: held.clone(),
+                    });
                 }
             }
         }
@@ -92,6 +142,7 @@ pub fn start(
 ) -> (Lanes, Vec<tokio::task::JoinHandle<()>>) {
     let mut senders = BTreeMap::new();
     let mut tasks = Vec::new();
+    let held = Arc::new(AtomicU64::new(0));
     for (name, sink) in sinks {
         let mut lanes = Vec::with_capacity(per_sink);
         for _ in 0..per_sink.max(1) {
@@ -106,13 +157,13 @@ pub fn start(
         }
         senders.insert(name.clone(), lanes);
     }
-    (Lanes { senders }, tasks)
+    (Lanes { senders, held }, tasks)
 }
 
 /// A key whose head entry failed and waits for its next attempt; the key's later entries queue
 /// behind it, while other keys of the lane go on.
 struct Parked {
-    queue: std::collections::VecDeque<Arc<Entry>>,
+    queue: std::collections::VecDeque<Queued>,
     attempt: u32,
     retry_at: tokio::time::Instant,
 }
@@ -123,7 +174,7 @@ async fn run_lane(
     ctx: Arc<Context>,
     name: String,
     sink: Arc<dyn Sink>,
-    mut entries: mpsc::UnboundedReceiver<Arc<Entry>>,
+    mut entries: mpsc::UnboundedReceiver<Queued>,
 ) {
     let mut shutdown = ctx.shutdown.clone();
     let mut parked: std::collections::HashMap<u64, Parked> = std::collections::HashMap::new();
@@ -148,11 +199,11 @@ async fn run_lane(
                 let Some((key, _)) = due else { continue };
                 // Retry the parked key's head; on success, go on with its queue.
                 while let Some(p) = parked.get_mut(&key) {
-                    let Some(head) = p.queue.front().cloned() else {
+                    let Some(head) = p.queue.front_mut() else {
                         parked.remove(&key);
                         break;
                     };
-                    match attempt(&ctx, &name, sink.as_ref(), &head, p.attempt + 1).await {
+                    match attempt(&ctx, &name, sink.as_ref(), head, p.attempt + 1).await {
                         Step::Finished => {
                             p.queue.pop_front();
                             p.attempt = 0;
@@ -166,13 +217,13 @@ async fn run_lane(
                 }
             }
             entry = entries.recv() => {
-                let Some(entry) = entry else { return };
-                let key = order_key(&entry.message);
+                let Some(mut entry) = entry else { return };
+                let key = entry.order;
                 if let Some(p) = parked.get_mut(&key) {
                     p.queue.push_back(entry);
                     continue;
                 }
-                if let Step::RetryIn(delay) = attempt(&ctx, &name, sink.as_ref(), &entry, 1).await {
+                if let Step::RetryIn(delay) = attempt(&ctx, &name, sink.as_ref(), &mut entry, 1).await {
                     parked.insert(
                         key,
                         Parked {
@@ -195,11 +246,76 @@ enum Step {
     RetryIn(Duration),
 }
 
-/// Publish `entry` to `sink` once (attempt number `attempt`, from 1). A publish in flight is
-/// not abandoned at shutdown: the broker may already have the message, and only its DONE
-/// (written before the log closes) keeps the next start from sending it again. Sinks bound a
-/// publish by their own timeouts.
-async fn attempt(ctx: &Context, name: &str, sink: &dyn Sink, entry: &Entry, attempt: u32) -> Step {
+/// Publish `queued` to `sink` once (attempt number `attempt`, from 1), reading its entry back
+/// from the log first when it is not held (and holding it while it is retried).
+async fn attempt(
+    ctx: &Context,
+    name: &str,
+    sink: &dyn Sink,
+    queued: &mut Queued,
+    attempt: u32,
+) -> Step {
+    let entry = match &queued.entry {
+        Some(held) => held.entry.clone(),
+        None => {
+            // Read in place: one small pread, from the page cache when the lane is not far
+            // behind the writer (a blocking-pool thread per read would cost more, and each
+            // such thread keeps its own allocator cache).
+            match crate::log::read_entry(&ctx.dir, &queued.at) {
+                Ok(entry) => {
+                    let entry = Arc::new(entry);
+                    // Kept for its retries, outside the budget: only a lane's head (or a
+                    // parked key's) is held this way.
+                    queued.entry = Some(Arc::new(Held {
+                        entry: entry.clone(),
+                        bytes: 0,
+                        budget: None,
+                    }));
+                    entry
+                }
+                Err(e) => return unreadable(ctx, name, queued, &e, attempt),
+            }
+        }
+    };
+    publish_once(ctx, name, sink, &entry, attempt).await
+}
+
+/// An entry whose PUT cannot be read back (the disk failed under it): retried like a failed
+/// publish, and given up (marked done, with an error) once it is older than `max_age`.
+fn unreadable(
+    ctx: &Context,
+    name: &str,
+    queued: &Queued,
+    e: &std::io::Error,
+    attempt: u32,
+) -> Step {
+    let seq = queued.at.seq;
+    let age = SystemTime::now()
+        .duration_since(queued.received_at)
+        .unwrap_or_default();
+    if ctx.policy.max_age.is_some_and(|max| age >= max) {
+        tracing::error!(sink = name, seq, error = %e, "spool: entry unreadable past max_age; given up");
+        done(ctx, seq, name);
+        return Step::Finished;
+    }
+    tracing::error!(sink = name, seq, error = %e, "spool: cannot read an entry back; will retry");
+    ctx.metrics
+        .retries
+        .with_label_values(&[name, "spool_read"])
+        .inc();
+    Step::RetryIn(ctx.policy.delay(attempt - 1))
+}
+
+/// Publish `entry` to `sink` once. A publish in flight is not abandoned at shutdown: the
+/// broker may already have the message, and only its DONE (written before the log closes)
+/// keeps the next start from sending it again. Sinks bound a publish by their own timeouts.
+async fn publish_once(
+    ctx: &Context,
+    name: &str,
+    sink: &dyn Sink,
+    entry: &Entry,
+    attempt: u32,
+) -> Step {
     let m = &ctx.metrics;
     let started = Instant::now();
     let result = sink.publish(&entry.message).await;
@@ -335,22 +451,18 @@ mod tests {
 
     #[test]
     fn same_key_same_lane() {
-        let m = |id: &str, key: Option<&str>| Message {
-            id: id.into(),
-            destination: "d".into(),
-            key: key.map(Into::into),
-            headers: vec![],
-            content_type: "application/json".into(),
-            body: Default::default(),
-            json_checked: false,
-            received_at: SystemTime::UNIX_EPOCH,
+        let order = |id: &str, key: Option<&str>| {
+            let mut e = crate::record::tests::entry(1, key.unwrap_or(""));
+            e.message.id = id.into();
+            e.message.key = key.map(Into::into);
+            Slot::of(&e, Default::default(), 1, 0, 0).order
         };
         assert_eq!(
-            lane_of(&m("1", Some("uid")), 64),
-            lane_of(&m("2", Some("uid")), 64)
+            lane_of(order("1", Some("uid")), 64),
+            lane_of(order("2", Some("uid")), 64)
         );
         let spread: std::collections::BTreeSet<_> = (0..200)
-            .map(|i| lane_of(&m(&i.to_string(), None), 64))
+            .map(|i| lane_of(order(&i.to_string(), None), 64))
             .collect();
         assert!(spread.len() > 32);
     }

@@ -192,21 +192,15 @@ impl Spool {
         // Targets that are no longer configured cannot be reached: dead-letter them (the
         // writer still counts them until their DONE below).
         let mut orphans = Vec::new();
-        let mut replay = Vec::new();
-        for (entry, _) in &scan.pending {
-            let (known, unknown): (Vec<_>, Vec<_>) = entry
+        for slot in scan.pending.values() {
+            let unknown: Vec<String> = slot
                 .targets
                 .iter()
+                .filter(|t| !sinks.contains_key(*t))
                 .cloned()
-                .partition(|t| sinks.contains_key(t));
-            for sink in unknown {
-                orphans.push((entry.clone(), sink));
-            }
-            if !known.is_empty() {
-                replay.push(Entry {
-                    targets: known,
-                    ..entry.clone()
-                });
+                .collect();
+            if !unknown.is_empty() {
+                orphans.push((slot.clone(), unknown));
             }
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -229,36 +223,40 @@ impl Spool {
             max_bytes: config.max_bytes,
             pending_keys: pending_keys.clone(),
         };
-        let replayed = replay.len();
-        for entry in replay {
+        let replayed = scan.pending.len();
+        for slot in scan.pending.values() {
+            // The lanes skip targets that are not configured (the orphans above).
             use log::Dispatch;
-            lanes.dispatch(Arc::new(entry));
+            lanes.dispatch(slot, None);
         }
-        let writer = log::Writer::new(dir, &scan, config.fsync, config.max_bytes, lanes, gauges)?;
+        let writer = log::Writer::new(dir, scan, config.fsync, config.max_bytes, lanes, gauges)?;
         let writer = std::thread::Builder::new()
             .name("cal-relay-spool".into())
             .spawn(move || writer.run(receiver))?;
-        for (entry, sink) in orphans {
-            let dead = record::DeadLetter {
-                entry: Entry {
-                    targets: vec![sink.clone()],
-                    ..entry.clone()
-                },
-                sink: sink.clone(),
-                reason: "unknown_sink".into(),
-                detail: format!("sink {sink:?} is no longer configured"),
-                attempts: 0,
-                dead_at: std::time::SystemTime::now(),
-            };
-            dead::put_dead(dir, &dead)?;
-            metrics
-                .dead_letters
-                .with_label_values(&[&sink, "unknown_sink"])
-                .inc();
-            let _ = commands.send(Command::Done {
-                seq: entry.seq,
-                sink,
-            });
+        for (slot, unknown) in orphans {
+            let entry = log::read_entry(dir, &slot.location())?;
+            for sink in unknown {
+                let dead = record::DeadLetter {
+                    entry: Entry {
+                        targets: vec![sink.clone()],
+                        ..entry.clone()
+                    },
+                    sink: sink.clone(),
+                    reason: "unknown_sink".into(),
+                    detail: format!("sink {sink:?} is no longer configured"),
+                    attempts: 0,
+                    dead_at: std::time::SystemTime::now(),
+                };
+                dead::put_dead(dir, &dead)?;
+                metrics
+                    .dead_letters
+                    .with_label_values(&[&sink, "unknown_sink"])
+                    .inc();
+                let _ = commands.send(Command::Done {
+                    seq: entry.seq,
+                    sink,
+                });
+            }
         }
         tracing::info!(
             dir = %dir.display(),

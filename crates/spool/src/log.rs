@@ -2,6 +2,10 @@
 //! [`scan`] reads them back (truncating a torn tail when asked to repair); the [`Writer`] thread
 //! appends with group commit, numbers entries in file order, hands them to the forwarder in that
 //! order, and deletes a segment once every entry in it and before it is done.
+//!
+//! Memory does not grow with the backlog's bytes: per pending entry only a [`Slot`] (where its
+//! PUT is, which sinks it still has to reach, its key's hash) is kept; the entry itself is read
+//! back from its segment with [`read_entry`] when it is forwarded.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -46,11 +50,113 @@ pub struct Segment {
     pub live: u64,
 }
 
+/// A pending entry as the spool remembers it: where its PUT frame is, and what is left to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub seq: u64,
+    pub segment: u64,
+    /// Offset of the PUT frame in the segment, and its length (header included).
+    pub offset: u64,
+    pub len: u32,
+    /// The sinks still to reach (one shared set per combination: see [`TargetSets`]).
+    pub targets: Targets,
+    /// Hash of the message key ([`PendingKeys::hash`]); `None` for a message without one.
+    pub key: Option<u64>,
+    /// The hash the entry is ordered by: its key's, else its id's (no order to keep).
+    pub order: u64,
+    pub received_at: SystemTime,
+}
+
+/// A set of sink names, shared by every entry with the same set.
+pub type Targets = Arc<[String]>;
+
+/// The distinct target sets seen (a handful: one per route combination), so that a pending
+/// entry costs a pointer for its targets, not a list of strings.
+#[derive(Debug, Default)]
+pub struct TargetSets(Vec<Targets>);
+
+impl TargetSets {
+    pub fn get(&mut self, targets: &[String]) -> Targets {
+        if let Some(t) = self.0.iter().find(|t| ***t == *targets) {
+            return t.clone();
+        }
+        let t: Targets = targets.into();
+        self.0.push(t.clone());
+        t
+    }
+
+    /// `targets` less `sink`.
+    pub fn without(&mut self, targets: &Targets, sink: &str) -> Targets {
+        if !targets.iter().any(|t| t == sink) {
+            return targets.clone();
+        }
+        let rest: Vec<String> = targets.iter().filter(|t| *t != sink).cloned().collect();
+        self.get(&rest)
+    }
+}
+
+impl Slot {
+    /// The slot of `entry`, written at `offset` of `segment` in a frame of `len` bytes.
+    pub fn of(entry: &Entry, targets: Targets, segment: u64, offset: u64, len: usize) -> Slot {
+        let key = entry.message.key.as_deref().map(PendingKeys::hash);
+        Slot {
+            seq: entry.seq,
+            segment,
+            offset,
+            len: len as u32,
+            targets,
+            key,
+            order: key.unwrap_or_else(|| PendingKeys::hash(&entry.message.id)),
+            received_at: entry.message.received_at,
+        }
+    }
+}
+
+impl Slot {
+    pub fn location(&self) -> Location {
+        Location {
+            seq: self.seq,
+            segment: self.segment,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+}
+
+/// Where entry `seq`'s PUT frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub seq: u64,
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Read the entry at `at` back from its segment (with the targets it was written with).
+pub fn read_entry(dir: &Path, at: &Location) -> io::Result<Entry> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(segment_path(dir, at.segment))?;
+    let mut frame = vec![0; at.len as usize];
+    file.read_exact_at(&mut frame, at.offset)?;
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("spool entry {}: {what}", at.seq),
+        )
+    };
+    let (body, _) = record::read_frame(&frame).map_err(|_| bad("unreadable frame"))?;
+    match Record::decode(body) {
+        Some(Record::Put(entry)) if entry.seq == at.seq => Ok(entry),
+        _ => Err(bad("not the PUT expected there")),
+    }
+}
+
 /// What a scan found.
 #[derive(Debug, Default)]
 pub struct Scan {
-    /// Entries with work left, in log order; `targets` holds only the sinks still to reach.
-    pub pending: Vec<(Entry, u64)>,
+    /// Entries with work left, by seq (which is log order); `targets` holds only the sinks
+    /// still to reach.
+    pub pending: BTreeMap<u64, Slot>,
     pub segments: Vec<Segment>,
     pub next_seq: u64,
     /// Segments whose tail was unreadable: path, bytes kept, bytes dropped.
@@ -106,58 +212,100 @@ impl Iterator for Records<'_> {
 }
 
 /// Read every segment of `dir`. With `repair`, an unreadable tail (torn write, bad checksum) is
-/// cut off at the last good record and synced; without, it is only reported.
+/// cut off at the last good record and synced; without, it is only reported. Frames are read
+/// one at a time and PUT bodies checked, not kept: memory holds one frame and the slots.
 pub fn scan(dir: &Path, repair: bool) -> io::Result<Scan> {
     let mut out = Scan::default();
-    // seq -> (entry, remaining targets, segment id), in log order.
-    let mut live: BTreeMap<u64, (Entry, u64)> = BTreeMap::new();
-    let mut order: Vec<u64> = Vec::new();
+    let mut sets = TargetSets::default();
+    let mut frame = Vec::new();
     for (id, path) in segments(dir)? {
-        let data = std::fs::read(&path)?;
-        let mut records = Records::new(&data);
-        for rec in records.by_ref() {
-            match rec {
+        let file = File::open(&path)?;
+        let size = file.metadata()?.len();
+        let mut reader = io::BufReader::with_capacity(256 * 1024, file);
+        let mut at = 0u64;
+        while let Some(record) = next_record(&mut reader, size - at, &mut frame)? {
+            let len = frame.len();
+            match record {
                 Record::Put(entry) => {
                     out.next_seq = out.next_seq.max(entry.seq.saturating_add(1));
-                    order.push(entry.seq);
-                    live.insert(entry.seq, (entry, id));
+                    let targets = sets.get(&entry.targets);
+                    out.pending
+                        .insert(entry.seq, Slot::of(&entry, targets, id, at, len));
                 }
                 Record::Done { seq, sink } => {
-                    if let Some((entry, _)) = live.get_mut(&seq) {
-                        entry.targets.retain(|t| *t != sink);
-                        if entry.targets.is_empty() {
-                            live.remove(&seq);
+                    if let Some(slot) = out.pending.get_mut(&seq) {
+                        slot.targets = sets.without(&slot.targets, &sink);
+                        if slot.targets.is_empty() {
+                            out.pending.remove(&seq);
                         }
                     }
                 }
                 Record::Start { next_seq } => out.next_seq = out.next_seq.max(next_seq),
             }
+            at += len as u64;
         }
-        let at = records.good_len();
-        if at < data.len() {
-            let dropped = (data.len() - at) as u64;
+        if at < size {
+            let dropped = size - at;
             if repair {
                 let file = OpenOptions::new().write(true).open(&path)?;
-                file.set_len(at as u64)?;
+                file.set_len(at)?;
                 file.sync_all()?;
             }
-            out.damaged.push((path.clone(), at as u64, dropped));
+            out.damaged.push((path.clone(), at, dropped));
         }
         out.segments.push(Segment {
             id,
-            size: at as u64,
+            size: at,
             live: 0,
         });
     }
-    for seq in order {
-        if let Some((entry, seg)) = live.remove(&seq) {
-            if let Some(s) = out.segments.iter_mut().find(|s| s.id == seg) {
-                s.live += 1;
-            }
-            out.pending.push((entry, seg));
+    for slot in out.pending.values() {
+        if let Some(s) = out.segments.iter_mut().find(|s| s.id == slot.segment) {
+            s.live += 1;
         }
     }
     Ok(out)
+}
+
+/// The next record of `reader` (PUT bodies left empty), with its whole frame in `frame`; `None`
+/// at the end, or at the first frame that is torn, corrupt or undecodable (as [`Records`]).
+/// `left` is how many bytes the file still has, so a garbage length allocates nothing.
+fn next_record(
+    reader: &mut impl io::Read,
+    left: u64,
+    frame: &mut Vec<u8>,
+) -> io::Result<Option<Record>> {
+    let header = record::FRAME_HEADER;
+    frame.clear();
+    frame.resize(header, 0);
+    if left < header as u64 || !fill(reader, frame)? {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    if len == 0 || len > record::MAX_FRAME || (header + len) as u64 > left {
+        return Ok(None);
+    }
+    frame.resize(header + len, 0);
+    if !fill(reader, &mut frame[header..])? {
+        return Ok(None);
+    }
+    Ok(record::read_frame(frame)
+        .ok()
+        .and_then(|(body, _)| Record::decode_without_body(body)))
+}
+
+/// Fill `buf` from `reader`; false when the reader ends first.
+fn fill(reader: &mut impl io::Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// A request to the writer thread.
@@ -174,9 +322,10 @@ pub enum Command {
     Stop,
 }
 
-/// Where the writer hands durable entries, in log order.
+/// Where the writer hands durable entries, in log order: the slot, with the entry itself when
+/// it was just written (the dispatcher may keep it, or leave it to be read back).
 pub trait Dispatch: Send + 'static {
-    fn dispatch(&mut self, entry: Arc<Entry>);
+    fn dispatch(&mut self, slot: &Slot, entry: Option<Arc<Entry>>);
 }
 
 /// Gauges the writer keeps current.
@@ -237,13 +386,6 @@ impl PendingKeys {
     }
 }
 
-struct Live {
-    segment: u64,
-    remaining: Vec<String>,
-    received_at: SystemTime,
-    key: Option<u64>,
-}
-
 /// The single thread that owns the active segment.
 pub struct Writer<D: Dispatch> {
     dir: PathBuf,
@@ -252,10 +394,12 @@ pub struct Writer<D: Dispatch> {
     idle_roll: u64,
     active: File,
     segments: VecDeque<Segment>,
-    live: BTreeMap<u64, Live>,
+    /// The pending entries' slots, by seq.
+    live: BTreeMap<u64, Slot>,
     next_seq: u64,
     dispatch: D,
     gauges: Gauges,
+    sets: TargetSets,
     /// The active segment may end in bytes of a failed write: nothing more is written to it.
     torn: bool,
 }
@@ -267,26 +411,16 @@ impl<D: Dispatch> Writer<D> {
     /// Continue the log found by `scan`: a fresh segment is started for new writes.
     pub fn new(
         dir: &Path,
-        scan: &Scan,
+        scan: Scan,
         fsync: bool,
         max_bytes: u64,
         dispatch: D,
         gauges: Gauges,
     ) -> io::Result<Writer<D>> {
-        let mut segments: VecDeque<Segment> = scan.segments.iter().cloned().collect();
-        let mut live = BTreeMap::new();
-        for (entry, seg) in &scan.pending {
-            let key = entry.message.key.as_deref().map(PendingKeys::hash);
-            gauges.pending_keys.add(key);
-            live.insert(
-                entry.seq,
-                Live {
-                    segment: *seg,
-                    remaining: entry.targets.clone(),
-                    received_at: entry.message.received_at,
-                    key,
-                },
-            );
+        let mut segments: VecDeque<Segment> = scan.segments.into_iter().collect();
+        let live = scan.pending;
+        for slot in live.values() {
+            gauges.pending_keys.add(slot.key);
         }
         let next_id = segments.back().map(|s| s.id + 1).unwrap_or(1);
         let (active, size) = create_segment(dir, next_id, scan.next_seq)?;
@@ -310,6 +444,7 @@ impl<D: Dispatch> Writer<D> {
             dispatch,
             gauges,
             torn: false,
+            sets: TargetSets::default(),
         };
         writer.collect_garbage();
         writer.update_gauges();
@@ -378,8 +513,9 @@ impl<D: Dispatch> Writer<D> {
                     entry.seq = self.next_seq;
                     self.next_seq += 1;
                     record::set_put_seq(&mut frame, entry.seq);
+                    let at = buf.len();
                     buf.extend_from_slice(&frame);
-                    puts.push((entry, reply));
+                    puts.push((entry, reply, at, frame.len()));
                 }
                 Command::Done { seq, sink } => {
                     buf.extend_from_slice(
@@ -402,6 +538,7 @@ impl<D: Dispatch> Writer<D> {
             }
         });
         let active_id = self.segments.back().map(|s| s.id).unwrap_or(0);
+        let base = self.segments.back().map(|s| s.size).unwrap_or(0);
         match result {
             Ok(()) => {
                 if let Some(active) = self.segments.back_mut() {
@@ -411,21 +548,13 @@ impl<D: Dispatch> Writer<D> {
                 self.gauges
                     .bytes
                     .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                for (entry, reply) in puts {
-                    let key = entry.message.key.as_deref().map(PendingKeys::hash);
-                    self.gauges.pending_keys.add(key);
-                    self.live.insert(
-                        entry.seq,
-                        Live {
-                            segment: active_id,
-                            remaining: entry.targets.clone(),
-                            received_at: entry.message.received_at,
-                            key,
-                        },
-                    );
-                    let seq = entry.seq;
-                    self.dispatch.dispatch(Arc::from(entry));
-                    let _ = reply.send(Ok(seq));
+                for (entry, reply, at, len) in puts {
+                    let targets = self.sets.get(&entry.targets);
+                    let slot = Slot::of(&entry, targets, active_id, base + at as u64, len);
+                    self.gauges.pending_keys.add(slot.key);
+                    self.dispatch.dispatch(&slot, Some(Arc::from(entry)));
+                    let _ = reply.send(Ok(slot.seq));
+                    self.live.insert(slot.seq, slot);
                 }
             }
             Err(e) => {
@@ -438,7 +567,7 @@ impl<D: Dispatch> Writer<D> {
                     tracing::error!(error = %cut, "spool: cannot cut back a failed write; moving to a new segment");
                     self.torn = true;
                 }
-                for (_, reply) in puts {
+                for (_, reply, _, _) in puts {
                     let _ = reply.send(Err(io::Error::new(e.kind(), e.to_string())));
                 }
             }
@@ -454,8 +583,8 @@ impl<D: Dispatch> Writer<D> {
         let Some(live) = self.live.get_mut(&seq) else {
             return;
         };
-        live.remaining.retain(|t| t != sink);
-        if live.remaining.is_empty() {
+        live.targets = self.sets.without(&live.targets, sink);
+        if live.targets.is_empty() {
             let segment = live.segment;
             let key = live.key;
             self.live.remove(&seq);
@@ -632,9 +761,14 @@ mod tests {
             ],
         );
         let scan = scan(dir.path(), true).unwrap();
-        let seqs: Vec<_> = scan.pending.iter().map(|(e, _)| e.seq).collect();
+        let pending: Vec<&Slot> = scan.pending.values().collect();
+        let seqs: Vec<_> = pending.iter().map(|s| s.seq).collect();
         assert_eq!(seqs, [6, 7]);
-        assert_eq!(scan.pending[0].0.targets, ["b"]);
+        assert_eq!(*pending[0].targets, ["b".to_owned()]);
+        // Read back from where the slots say: the entries as written.
+        let read = |i: usize| read_entry(dir.path(), &pending[i].location()).unwrap();
+        assert_eq!(read(0), entry(6, "k2"));
+        assert_eq!(read(1), entry(7, "k1"));
         assert_eq!(scan.next_seq, 8);
         assert!(scan.damaged.is_empty());
         assert_eq!(scan.segments[0].live, 2);

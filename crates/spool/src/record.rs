@@ -133,9 +133,19 @@ impl Record {
     }
 
     pub fn decode(body: &[u8]) -> Option<Record> {
+        Record::decode_with(body, true)
+    }
+
+    /// Like [`Record::decode`], leaving a PUT's message body empty (checked, not copied): what
+    /// opening a log needs to index it.
+    pub fn decode_without_body(body: &[u8]) -> Option<Record> {
+        Record::decode_with(body, false)
+    }
+
+    fn decode_with(body: &[u8], with_body: bool) -> Option<Record> {
         let mut r = Reader(body);
         let record = match r.u8()? {
-            PUT => Record::Put(r.entry()?),
+            PUT => Record::Put(r.entry(with_body)?),
             DONE => Record::Done {
                 seq: r.u64()?,
                 sink: r.string()?,
@@ -170,7 +180,7 @@ impl DeadLetter {
             return None;
         }
         let dead = DeadLetter {
-            entry: r.entry()?,
+            entry: r.entry(true)?,
             sink: r.string()?,
             reason: r.string()?,
             detail: r.string()?,
@@ -252,7 +262,7 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Option<String> {
         String::from_utf8(self.bytes()?.to_vec()).ok()
     }
-    fn entry(&mut self) -> Option<Entry> {
+    fn entry(&mut self, with_body: bool) -> Option<Entry> {
         let seq = self.u64()?;
         let n = self.u32()? as usize;
         let mut targets = Vec::with_capacity(n.min(64));
@@ -274,7 +284,12 @@ impl<'a> Reader<'a> {
         }
         let content_type = self.string()?;
         let received_at = from_millis(self.u64()?);
-        let body = Bytes::copy_from_slice(self.bytes()?);
+        let body = self.bytes()?;
+        let body = if with_body {
+            Bytes::copy_from_slice(body)
+        } else {
+            Bytes::new()
+        };
         Some(Entry {
             seq,
             targets,
@@ -338,7 +353,14 @@ pub(crate) mod tests {
             seq: 42,
             ..entry(0, "k")
         };
-        assert_eq!(Record::decode(body), Some(Record::Put(want)));
+        assert_eq!(Record::decode(body), Some(Record::Put(want.clone())));
+        // Indexing a log: everything but the body.
+        let mut headless = want;
+        headless.message.body = Bytes::new();
+        assert_eq!(
+            Record::decode_without_body(body),
+            Some(Record::Put(headless))
+        );
         let dead = DeadLetter {
             entry: entry(9, "k"),
             sink: "rabbit".into(),
