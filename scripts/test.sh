@@ -42,6 +42,8 @@ fi
 py_missing=()
 command -v kubernetes-validate >/dev/null 2>&1 || py_missing+=(kubernetes-validate)
 command -v checkov >/dev/null 2>&1 || py_missing+=(checkov)
+# The official CloudEvents SDK decodes what the relay publishes (tests/cloudevents.rs).
+python3 -c 'import cloudevents.core.bindings.kafka' >/dev/null 2>&1 || py_missing+=("cloudevents==2.2.*")
 if [ ${#py_missing[@]} -gt 0 ]; then
   echo "== installing ${py_missing[*]} (pip)"
   pip install -q "${py_missing[@]}"

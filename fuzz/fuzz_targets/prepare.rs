@@ -55,6 +55,8 @@ fuzz_target!(|input: &[u8]| {
         template_destination: Some("cal.custom".into()),
         // Both ways: off, and a window the fixtures' createdAt is outside of.
         replay_window: (flags & 8 != 0).then(|| Duration::from_secs(3600)),
+        event_source: "https://cal.com".into(),
+        template_event_type: "com.cal.template".into(),
     };
     let routes =
         RouteTable::new(vec![Route::new(0, &["*".into()], vec!["s".into()], None)

@@ -29,6 +29,7 @@ fn entry(seq: u64, key: u8, body: &[u8]) -> Entry {
             body: Bytes::copy_from_slice(body),
             json_checked: false,
             received_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + seq),
+            event: vec![(Cow::Borrowed("type"), "com.cal.booking_created".into())],
         },
     }
 }

@@ -148,6 +148,20 @@ pub struct SourceConfig {
     /// in the future) is refused with 401 `stale_delivery`; 0 turns the check off.
     #[serde(default = "default_replay_window")]
     pub replay_window_secs: u64,
+    /// CloudEvents `source` of this endpoint's messages (for sinks with `cloudevents` on).
+    #[serde(default = "default_event_source")]
+    pub event_source: String,
+    /// CloudEvents `type` of its template bodies.
+    #[serde(default = "default_template_event_type")]
+    pub template_event_type: String,
+}
+
+fn default_event_source() -> String {
+    cal_relay_core::DEFAULT_EVENT_SOURCE.to_owned()
+}
+
+fn default_template_event_type() -> String {
+    cal_relay_core::DEFAULT_TEMPLATE_EVENT_TYPE.to_owned()
 }
 
 /// One hour: Cal.com retries a queued delivery within minutes, keeping its `createdAt`, and
@@ -562,6 +576,8 @@ impl Config {
                         name: s.name.clone(),
                         verifier: Verifier::new(&secrets, s.allow_unsigned),
                         template_destination: s.template_destination.clone(),
+                        event_source: s.event_source.clone(),
+                        template_event_type: s.template_event_type.clone(),
                     },
                 })
             })

@@ -30,6 +30,34 @@ pub struct Source {
     pub template_destination: Option<String>,
     /// Refuse envelopes whose `createdAt` is older than this (replay protection); `None`: off.
     pub replay_window: Option<Duration>,
+    /// CloudEvents `source` of this endpoint's messages (a URI).
+    pub event_source: String,
+    /// CloudEvents `type` of its template bodies (which carry no trigger).
+    pub template_event_type: String,
+}
+
+/// The CloudEvents `source` when a source configures none.
+pub const DEFAULT_EVENT_SOURCE: &str = "https://cal.com";
+/// The CloudEvents `type` of template bodies when a source configures none.
+pub const DEFAULT_TEMPLATE_EVENT_TYPE: &str = "com.cal.template";
+/// Prefix of every trigger's CloudEvents `type`: `com.cal.` + the trigger lower-cased
+/// (`BOOKING_CREATED` -> `com.cal.booking_created`); upper-casing the rest gives it back.
+pub const EVENT_TYPE_PREFIX: &str = "com.cal.";
+
+/// The CloudEvents `type` of `trigger`.
+pub fn event_type(trigger: &str) -> String {
+    let mut t = String::with_capacity(EVENT_TYPE_PREFIX.len() + trigger.len());
+    t.push_str(EVENT_TYPE_PREFIX);
+    t.extend(trigger.chars().map(|c| c.to_ascii_lowercase()));
+    t
+}
+
+/// The CloudEvents `time`: the envelope's `createdAt` when it is an RFC 3339 time (written
+/// back in UTC with milliseconds), else when the relay received the delivery.
+pub fn event_time(created_at: Option<&str>, received_at: SystemTime) -> String {
+    let created =
+        created_at.and_then(|c| humantime::parse_rfc3339_weak(c.trim_end_matches('Z')).ok());
+    humantime::format_rfc3339_millis(created.unwrap_or(received_at)).to_string()
 }
 
 /// How far in the future an envelope's `createdAt` may be (the sender's clock running ahead).
@@ -169,14 +197,38 @@ impl Source {
             hdrs.push((Cow::Borrowed(headers::WEBHOOK_VERSION), v.to_owned()));
         }
         hdrs.push((Cow::Borrowed(headers::DELIVERY_ID), id.clone()));
-        hdrs.push((
-            Cow::Borrowed(headers::RECEIVED_AT),
-            humantime::format_rfc3339_millis(inbound.received_at).to_string(),
-        ));
+        let received = humantime::format_rfc3339_millis(inbound.received_at).to_string();
+        hdrs.push((Cow::Borrowed(headers::RECEIVED_AT), received.clone()));
         hdrs.push((
             Cow::Borrowed(headers::CONTENT_TYPE),
             normalized.content_type.clone(),
         ));
+
+        // CloudEvents attributes (rendered only by sinks configured for them).
+        let mut event = Vec::with_capacity(8);
+        event.push((Cow::Borrowed("source"), self.event_source.clone()));
+        event.push((
+            Cow::Borrowed("type"),
+            match &normalized.trigger {
+                Some(t) => event_type(t),
+                None => self.template_event_type.clone(),
+            },
+        ));
+        event.push((
+            Cow::Borrowed("time"),
+            event_time(normalized.created_at.as_deref(), inbound.received_at),
+        ));
+        if let Some(key) = &normalized.key {
+            event.push((Cow::Borrowed("subject"), key.clone()));
+            event.push((Cow::Borrowed("partitionkey"), key.clone()));
+        }
+        event.push((Cow::Borrowed("recordedtime"), received));
+        if let Some(v) = inbound
+            .webhook_version
+            .filter(|v| normalize::usable_header_value(v))
+        {
+            event.push((Cow::Borrowed("calwebhookversion"), v.to_owned()));
+        }
 
         Ok(Prepared {
             message: Message {
@@ -188,6 +240,7 @@ impl Source {
                 body: normalized.body,
                 json_checked: normalized.json,
                 received_at: inbound.received_at,
+                event,
             },
             route,
             trigger_label,
@@ -220,6 +273,32 @@ mod tests {
         let future = check_fresh(&at(301), now, w).unwrap_err().to_string();
         assert!(future.contains("in the future"), "{future}");
         assert!(check_fresh("not a time", now, w).is_ok());
+    }
+
+    #[test]
+    fn event_type_and_time_follow_one_rule() {
+        use std::time::UNIX_EPOCH;
+        assert_eq!(event_type("BOOKING_CREATED"), "com.cal.booking_created");
+        assert_eq!(
+            event_type("AFTER_HOSTS_CAL_VIDEO_NO_SHOW")
+                .strip_prefix(EVENT_TYPE_PREFIX)
+                .map(str::to_ascii_uppercase)
+                .as_deref(),
+            Some("AFTER_HOSTS_CAL_VIDEO_NO_SHOW"),
+            "reversible"
+        );
+        let received = UNIX_EPOCH + Duration::from_millis(1_768_210_200_538);
+        assert_eq!(
+            event_time(Some("2026-01-12T09:30:00.000Z"), received),
+            "2026-01-12T09:30:00.000Z"
+        );
+        assert_eq!(
+            event_time(Some("2026-01-12T09:30:00Z"), received),
+            "2026-01-12T09:30:00.000Z"
+        );
+        for not_a_time in [None, Some("yesterday"), Some("")] {
+            assert_eq!(event_time(not_a_time, received), "2026-01-12T09:30:00.538Z");
+        }
     }
 
     #[test]

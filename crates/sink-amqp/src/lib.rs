@@ -8,7 +8,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cal_relay_sink::{Message, OneOrMany, Sink, SinkError};
+use cal_relay_sink::{cloudevents, Message, OneOrMany, Sink, SinkError};
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -44,6 +44,19 @@ pub struct AmqpSinkConfig {
     /// Header that carries the message key.
     #[serde(default = "default_key_header")]
     pub key_header: String,
+    /// CloudEvents: `off` (default), `binary` (a header per attribute, the data content type
+    /// in `content_type`, `type` and `message_id` properties, the body unchanged) or
+    /// `structured` (the event as JSON).
+    #[serde(default)]
+    pub cloudevents: cloudevents::Mode,
+    /// Prefix of binary-mode headers: `ce-` (default: the CloudEvents SDKs' RabbitMQ binding,
+    /// Knative) or `cloudEvents_` (the AMQP 1.0 binding's form).
+    #[serde(default = "default_cloudevents_prefix")]
+    pub cloudevents_prefix: String,
+}
+
+fn default_cloudevents_prefix() -> String {
+    "ce-".into()
 }
 
 fn default_exchange() -> String {
@@ -119,6 +132,8 @@ impl AmqpSinkConfig {
             mandatory: self.mandatory,
             confirm_timeout: Duration::from_millis(self.confirm_timeout_ms.max(1)),
             key_header: ShortString::from(self.key_header.as_str()),
+            cloudevents: self.cloudevents,
+            cloudevents_prefix: self.cloudevents_prefix.clone(),
         })
     }
 }
@@ -223,6 +238,8 @@ pub struct AmqpSink {
     mandatory: bool,
     confirm_timeout: Duration,
     key_header: ShortString,
+    cloudevents: cloudevents::Mode,
+    cloudevents_prefix: String,
 }
 
 impl AmqpSink {
@@ -248,19 +265,38 @@ impl AmqpSink {
                 AMQPValue::LongString(key.as_str().into()),
             );
         }
+        let mut content_type = message.content_type.as_str();
+        match self.cloudevents {
+            cloudevents::Mode::Off => {}
+            cloudevents::Mode::Binary => {
+                for (name, value) in cloudevents::attributes(message) {
+                    headers.insert(
+                        format!("{}{name}", self.cloudevents_prefix).into(),
+                        AMQPValue::LongString(value.into()),
+                    );
+                }
+            }
+            cloudevents::Mode::Structured => content_type = cloudevents::STRUCTURED_CONTENT_TYPE,
+        }
         let timestamp = message
             .received_at
             .duration_since(UNIX_EPOCH)
             .or_else(|_| SystemTime::now().duration_since(UNIX_EPOCH))
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        BasicProperties::default()
-            .with_content_type(message.content_type.as_str().into())
+        let properties = BasicProperties::default()
+            .with_content_type(content_type.into())
             .with_message_id(message.id.as_str().into())
             .with_timestamp(timestamp)
             .with_app_id("cal-relay".into())
             .with_delivery_mode(if self.persistent { 2 } else { 1 })
-            .with_headers(headers)
+            .with_headers(headers);
+        match cloudevents::attribute(message, "type") {
+            Some(kind) if self.cloudevents == cloudevents::Mode::Binary => {
+                properties.with_type(kind.into())
+            }
+            _ => properties,
+        }
     }
 }
 
@@ -297,6 +333,13 @@ impl Sink for AmqpSink {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let routing_key = message.destination.as_str();
+        let structured;
+        let body: &[u8] = if self.cloudevents == cloudevents::Mode::Structured {
+            structured = cloudevents::structured(message);
+            &structured
+        } else {
+            &message.body
+        };
         let confirmed = async {
             channel
                 .basic_publish(
@@ -306,7 +349,7 @@ impl Sink for AmqpSink {
                         mandatory: self.mandatory,
                         ..Default::default()
                     },
-                    &message.body,
+                    body,
                     self.properties(message),
                 )
                 .await?
@@ -361,6 +404,8 @@ mod tests {
             mandatory: true,
             confirm_timeout_ms: 1,
             key_header: default_key_header(),
+            cloudevents: Default::default(),
+            cloudevents_prefix: default_cloudevents_prefix(),
         };
         assert_eq!(
             c.describe(),

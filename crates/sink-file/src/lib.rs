@@ -252,6 +252,7 @@ mod tests {
             body: Bytes::from_static(body),
             json_checked: false,
             received_at: SystemTime::now(),
+            event: Vec::new(),
         }
     }
 

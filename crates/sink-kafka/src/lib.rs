@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use cal_relay_sink::{Message, Sink, SinkError};
+use cal_relay_sink::{cloudevents, Message, Sink, SinkError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -50,6 +50,10 @@ pub struct KafkaSinkConfig {
     /// Passed through to librdkafka (`security.protocol`, `sasl.*`, `ssl.*`, …).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// CloudEvents: `off` (default), `binary` (`ce_<attr>` headers, `content-type` as the data
+    /// content type, the body unchanged) or `structured` (the event as JSON).
+    #[serde(default)]
+    pub cloudevents: cloudevents::Mode,
 }
 
 fn default_acks() -> String {
@@ -154,6 +158,7 @@ impl KafkaSinkConfig {
             partitions: self.partitions,
             replication: self.replication_factor,
             timeout: Duration::from_millis(self.message_timeout_ms),
+            cloudevents: self.cloudevents,
         })
     }
 }
@@ -190,6 +195,7 @@ pub struct KafkaSink {
     partitions: i32,
     replication: i32,
     timeout: Duration,
+    cloudevents: cloudevents::Mode,
 }
 
 /// What the cluster says about a topic.
@@ -356,16 +362,43 @@ impl Sink for KafkaSink {
     async fn publish(&self, message: &Message) -> Result<(), SinkError> {
         let topic = message.destination.as_str();
         self.ensure_topic(topic).await?;
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        let mode = self.cloudevents;
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 10);
         for (name, value) in &message.headers {
+            let value = if mode == cloudevents::Mode::Structured
+                && name.eq_ignore_ascii_case("content-type")
+            {
+                cloudevents::STRUCTURED_CONTENT_TYPE
+            } else {
+                value.as_str()
+            };
             headers = headers.insert(Header {
                 key: name.as_ref(),
                 value: Some(value.as_bytes()),
             });
         }
-        let mut record = FutureRecord::to(topic)
-            .payload(message.body.as_ref())
-            .headers(headers);
+        // The Kafka binding: `ce_` headers, the data content type in `content-type` (one of
+        // the message's headers already).
+        let mut ce_names = Vec::new();
+        if mode == cloudevents::Mode::Binary {
+            ce_names = cloudevents::attributes(message)
+                .map(|(name, value)| (format!("ce_{name}"), value))
+                .collect();
+        }
+        for (name, value) in &ce_names {
+            headers = headers.insert(Header {
+                key: name.as_str(),
+                value: Some(value.as_bytes()),
+            });
+        }
+        let structured;
+        let payload: &[u8] = if mode == cloudevents::Mode::Structured {
+            structured = cloudevents::structured(message);
+            &structured
+        } else {
+            message.body.as_ref()
+        };
+        let mut record = FutureRecord::to(topic).payload(payload).headers(headers);
         if let Some(key) = &message.key {
             record = record.key(key.as_bytes());
         }

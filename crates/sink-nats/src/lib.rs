@@ -13,7 +13,7 @@ use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind}
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, HeaderMap, ServerAddr};
-use cal_relay_sink::{Message, OneOrMany, Sink, SinkError};
+use cal_relay_sink::{cloudevents, Message, OneOrMany, Sink, SinkError};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
@@ -52,6 +52,11 @@ pub struct NatsSinkConfig {
     /// Header that carries the message key.
     #[serde(default = "default_key_header")]
     pub key_header: String,
+    /// CloudEvents: `off` (default), `binary` (`ce-<attr>` headers, `ce-datacontenttype`
+    /// included, values percent-encoded; the body unchanged) or `structured` (the event as
+    /// JSON, for consumers of the NATS binding 1.0.2, which has no binary mode).
+    #[serde(default)]
+    pub cloudevents: cloudevents::Mode,
 }
 
 /// `stream = { name = "CAL", subjects = ["cal.>"] }`.
@@ -172,6 +177,7 @@ impl NatsSinkConfig {
             stream_ready: Arc::new(OnceCell::new()),
             ack_timeout,
             key_header: self.key_header.clone(),
+            cloudevents: self.cloudevents,
         })
     }
 }
@@ -184,6 +190,7 @@ pub struct NatsSink {
     stream_ready: Arc<OnceCell<()>>,
     ack_timeout: Duration,
     key_header: String,
+    cloudevents: cloudevents::Mode,
 }
 
 /// Whether `subject` is a publishable NATS subject: dot-separated non-empty tokens without
@@ -237,7 +244,33 @@ impl NatsSink {
             headers.insert(self.key_header.as_str(), key.as_str());
         }
         headers.insert("Nats-Msg-Id", message.id.as_str());
+        match self.cloudevents {
+            cloudevents::Mode::Off => {}
+            cloudevents::Mode::Binary => {
+                for (name, value) in cloudevents::attributes(message) {
+                    headers.insert(
+                        format!("ce-{name}").as_str(),
+                        cloudevents::percent_encode(value).as_ref(),
+                    );
+                }
+                headers.insert(
+                    format!("ce-{}", cloudevents::DATACONTENTTYPE).as_str(),
+                    cloudevents::percent_encode(&message.content_type).as_ref(),
+                );
+            }
+            cloudevents::Mode::Structured => {
+                headers.insert("content-type", cloudevents::STRUCTURED_CONTENT_TYPE);
+            }
+        }
         headers
+    }
+
+    /// What the message's payload is: its body, or the structured event.
+    fn payload(&self, message: &Message) -> bytes::Bytes {
+        match self.cloudevents {
+            cloudevents::Mode::Structured => cloudevents::structured(message).into(),
+            _ => message.body.clone(),
+        }
     }
 }
 
@@ -260,6 +293,7 @@ impl Sink for NatsSink {
             ));
         }
         let headers = self.headers(message);
+        let payload = self.payload(message);
         let Some(js) = &self.jetstream else {
             if !self.ready() {
                 return Err(SinkError::transient(
@@ -269,7 +303,7 @@ impl Sink for NatsSink {
             }
             // Core NATS: at-most-once; flush so the bytes at least left for the server.
             self.client
-                .publish_with_headers(subject.clone(), headers, message.body.clone())
+                .publish_with_headers(subject.clone(), headers, payload)
                 .await
                 .map_err(|e| SinkError::transient("disconnected", e))?;
             return match tokio::time::timeout(self.ack_timeout, self.client.flush()).await {
@@ -285,7 +319,7 @@ impl Sink for NatsSink {
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
         let mut pause = Duration::from_millis(50);
         loop {
-            let error = match self.publish_once(js, subject, &headers, message).await {
+            let error = match self.publish_once(js, subject, &headers, &payload).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -309,7 +343,7 @@ impl NatsSink {
         js: &jetstream::Context,
         subject: &str,
         headers: &HeaderMap,
-        message: &Message,
+        payload: &bytes::Bytes,
     ) -> Result<(), SinkError> {
         if !self.ready() {
             return Err(SinkError::transient(
@@ -318,7 +352,7 @@ impl NatsSink {
             ));
         }
         let publish = PublishMessage::build()
-            .payload(message.body.clone())
+            .payload(payload.clone())
             .headers(headers.clone());
         // The context's timeout bounds both the hand-over to the connection and the PubAck
         // wait, so no timer of our own is needed.
@@ -402,6 +436,7 @@ mod tests {
             stream: None,
             ack_timeout_ms: 5000,
             key_header: default_key_header(),
+            cloudevents: Default::default(),
         }
     }
 }

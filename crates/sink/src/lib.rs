@@ -3,6 +3,7 @@
 //! only; it must not know about HTTP, Cal.com payload fields or other sinks. This crate does no
 //! I/O and starts no runtime.
 
+pub mod cloudevents;
 pub mod json;
 
 use std::borrow::Cow;
@@ -36,6 +37,10 @@ pub struct Message {
     pub json_checked: bool,
     /// When the relay received the delivery.
     pub received_at: SystemTime,
+    /// The message's CloudEvents context attributes other than `specversion`, `id` and
+    /// `datacontenttype` (`source`, `type`, `time`, `subject`, extensions), in order; rendered
+    /// only by a sink configured for CloudEvents (see [`cloudevents`]).
+    pub event: Vec<Header>,
 }
 
 impl Message {

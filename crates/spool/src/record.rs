@@ -20,8 +20,11 @@ pub const MAX_BODY_BYTES: usize = MAX_FRAME - 256 * 1024;
 
 const PUT: u8 = 1;
 const DONE: u8 = 2;
-const DEAD: u8 = 3;
+/// A dead letter written before messages carried CloudEvents attributes.
+const DEAD_V1: u8 = 3;
 const START: u8 = 4;
+/// A dead letter whose entry carries its CloudEvents attributes after the body.
+const DEAD: u8 = 5;
 
 /// Offset of a PUT record's `seq` in its frame (header, kind byte), so the log's writer can
 /// number records in the order it writes them.
@@ -38,6 +41,9 @@ pub struct Entry {
 }
 
 /// A record of the log.
+// Records live one at a time while a log is read or written; boxing the PUT would cost an
+// allocation per record for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// An accepted delivery.
@@ -145,7 +151,7 @@ impl Record {
     fn decode_with(body: &[u8], with_body: bool) -> Option<Record> {
         let mut r = Reader(body);
         let record = match r.u8()? {
-            PUT => Record::Put(r.entry(with_body)?),
+            PUT => Record::Put(r.entry(with_body, Event::IfAny)?),
             DONE => Record::Done {
                 seq: r.u64()?,
                 sink: r.string()?,
@@ -176,11 +182,13 @@ impl DeadLetter {
             return None;
         }
         let mut r = Reader(body);
-        if r.u8()? != DEAD {
-            return None;
-        }
+        let event = match r.u8()? {
+            DEAD => Event::Follows,
+            DEAD_V1 => Event::Absent,
+            _ => return None,
+        };
         let dead = DeadLetter {
-            entry: r.entry(true)?,
+            entry: r.entry(true, event)?,
             sink: r.string()?,
             reason: r.string()?,
             detail: r.string()?,
@@ -236,6 +244,27 @@ fn put_entry(w: &mut Vec<u8>, e: &Entry) {
     put_str(w, &m.content_type);
     w.extend_from_slice(&millis(m.received_at).to_le_bytes());
     put_bytes(w, &m.body);
+    // After the body: a PUT written before this section existed simply ends here.
+    put_pairs(w, &m.event);
+}
+
+fn put_pairs(w: &mut Vec<u8>, pairs: &[cal_relay_sink::Header]) {
+    w.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (name, value) in pairs {
+        put_str(w, name);
+        put_str(w, value);
+    }
+}
+
+/// Whether an entry's CloudEvents attributes follow its body.
+#[derive(Clone, Copy)]
+enum Event {
+    /// Always (current records).
+    Follows,
+    /// When anything follows (a PUT: older ones end at the body).
+    IfAny,
+    /// Never (an old dead letter).
+    Absent,
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -262,7 +291,16 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Option<String> {
         String::from_utf8(self.bytes()?.to_vec()).ok()
     }
-    fn entry(&mut self, with_body: bool) -> Option<Entry> {
+    fn pairs(&mut self) -> Option<Vec<cal_relay_sink::Header>> {
+        let n = self.u32()? as usize;
+        let mut pairs = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            pairs.push((Cow::Owned(self.string()?), self.string()?));
+        }
+        Some(pairs)
+    }
+
+    fn entry(&mut self, with_body: bool, event: Event) -> Option<Entry> {
         let seq = self.u64()?;
         let n = self.u32()? as usize;
         let mut targets = Vec::with_capacity(n.min(64));
@@ -277,11 +315,7 @@ impl<'a> Reader<'a> {
             1 => Some(self.string()?),
             _ => return None,
         };
-        let n = self.u32()? as usize;
-        let mut headers = Vec::with_capacity(n.min(64));
-        for _ in 0..n {
-            headers.push((Cow::Owned(self.string()?), self.string()?));
-        }
+        let headers = self.pairs()?;
         let content_type = self.string()?;
         let received_at = from_millis(self.u64()?);
         let body = self.bytes()?;
@@ -289,6 +323,11 @@ impl<'a> Reader<'a> {
             Bytes::copy_from_slice(body)
         } else {
             Bytes::new()
+        };
+        let event = match event {
+            Event::Follows => self.pairs()?,
+            Event::IfAny if !self.0.is_empty() => self.pairs()?,
+            _ => Vec::new(),
         };
         Some(Entry {
             seq,
@@ -304,6 +343,7 @@ impl<'a> Reader<'a> {
                 // Not stored: a sink that cares checks the body again.
                 json_checked: false,
                 received_at,
+                event,
             },
         })
     }
@@ -327,8 +367,21 @@ pub(crate) mod tests {
                 body: Bytes::from(format!(r#"{{"n":{seq}}}"#)),
                 json_checked: false,
                 received_at: from_millis(1_700_000_000_123),
+                event: vec![(Cow::Borrowed("type"), "com.cal.booking_created".into())],
             },
         }
+    }
+
+    #[test]
+    fn a_put_written_before_cloudevents_attributes_still_reads() {
+        let mut old = entry(3, "k");
+        old.message.event.clear();
+        // The current encoding less the (empty) attribute section: what older relays wrote.
+        let frame = Record::Put(old.clone()).encode();
+        let (body, _) = read_frame(&frame).unwrap();
+        let legacy = super::frame(&body[..body.len() - 4]);
+        let (body, _) = read_frame(&legacy).unwrap();
+        assert_eq!(Record::decode(body), Some(Record::Put(old)));
     }
 
     #[test]
@@ -414,6 +467,7 @@ pub(crate) mod tests {
                         body: Bytes::from(body),
                         json_checked: false,
                         received_at: from_millis(ms),
+                        event: vec![(Cow::Borrowed("source"), "https://cal.com".into())],
                     },
                 })
         }
