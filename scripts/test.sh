@@ -44,11 +44,26 @@ command -v kubernetes-validate >/dev/null 2>&1 || py_missing+=(kubernetes-valida
 command -v checkov >/dev/null 2>&1 || py_missing+=(checkov)
 # The official CloudEvents SDK decodes what the relay publishes (tests/cloudevents.rs).
 python3 -c 'import cloudevents.core.bindings.kafka' >/dev/null 2>&1 || py_missing+=("cloudevents==2.2.*")
+# The reference JSON Schema validator checks the schemas against the fixtures (tests/contract.rs).
+python3 -c 'import jsonschema' >/dev/null 2>&1 || py_missing+=(jsonschema)
 if [ ${#py_missing[@]} -gt 0 ]; then
   echo "== installing ${py_missing[*]} (pip)"
   pip install -q "${py_missing[@]}"
 fi
 command -v kubectl >/dev/null 2>&1 || { echo "kubectl is needed for the manifest checks" >&2; exit 2; }
+
+# The official AsyncAPI parser validates `cal-relay asyncapi` (tests/contract.rs), from npm at
+# the version tests/interop/package-lock.json pins.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "== installing nodejs, npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -d tests/interop/node_modules/@asyncapi/parser ]; then
+  echo "== installing @asyncapi/parser (npm)"
+  npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+fi
 
 # tansu, the Kafka-compatible broker the Kafka tests start (10 to 15 minutes the first time;
 # cached in ~/.cargo/bin afterwards).

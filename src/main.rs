@@ -47,6 +47,14 @@ enum Command {
     Serve,
     /// Validate the configuration and print the effective routes (secrets redacted).
     CheckConfig,
+    /// Print the JSON Schema of a trigger's messages, or of every known trigger (an object by
+    /// trigger).
+    Schema {
+        /// A known trigger, e.g. BOOKING_CREATED; `envelope` for the schema of any envelope.
+        trigger: Option<String>,
+    },
+    /// Print the AsyncAPI 3.0 document (JSON) of what the configuration publishes.
+    Asyncapi,
     /// POST a delivery as Cal.com would: a file, or a built-in sample for --trigger.
     Send {
         /// Where to send, e.g. http://127.0.0.1:8080/webhooks/cal
@@ -160,6 +168,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {warning}");
             }
             print_config(&loaded.config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { trigger } => {
+            let text = match trigger.as_deref() {
+                Some("envelope") => cal_relay_contract::ENVELOPE.to_owned(),
+                Some(t) => match cal_relay_contract::schema(t) {
+                    Some(s) => s.to_owned(),
+                    None => {
+                        let known: Vec<&str> = cal_relay_contract::SCHEMAS
+                            .iter()
+                            .map(|(t, _)| *t)
+                            .collect();
+                        eprintln!("no schema for {t:?}; known: envelope, {}", known.join(", "));
+                        return Ok(ExitCode::from(2));
+                    }
+                },
+                None => {
+                    let mut all = serde_json::Map::new();
+                    for (t, s) in cal_relay_contract::SCHEMAS {
+                        all.insert((*t).to_owned(), serde_json::from_str(s)?);
+                    }
+                    serde_json::to_string_pretty(&all)?
+                }
+            };
+            println!("{}", text.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Asyncapi => {
+            let loaded = load(cli.config.as_deref())?;
+            let doc = cal_relay_contract::asyncapi::document(&describe(&loaded.config)?);
+            println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Send {
@@ -339,6 +378,105 @@ fn init_logging(config: &Config) {
     } else {
         builder.init();
     }
+}
+
+/// `host:port` of a broker URL: no scheme, credentials or path.
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}
+
+/// What the configuration publishes, for the AsyncAPI document.
+fn describe(config: &Config) -> anyhow::Result<cal_relay_contract::asyncapi::Description> {
+    use cal_relay_contract::asyncapi::{Description, Protocol, Published, Sink};
+    let mode = |m: cal_relay_sink::cloudevents::Mode| {
+        serde_json::to_value(m)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "off".into())
+    };
+    let first = |urls: &cal_relay_sink::OneOrMany| {
+        urls.to_vec()
+            .first()
+            .map(|u| host_of(u))
+            .unwrap_or_default()
+    };
+    let sinks = config
+        .sinks
+        .iter()
+        .map(|(name, sink)| match sink {
+            SinkConfig::Kafka(c) => Sink {
+                name: name.clone(),
+                protocol: Protocol::Kafka,
+                host: c.brokers.split(',').next().unwrap_or("").trim().to_owned(),
+                cloudevents: mode(c.cloudevents),
+                key_header: None,
+                cloudevents_prefix: None,
+            },
+            SinkConfig::Amqp(c) => Sink {
+                name: name.clone(),
+                protocol: Protocol::Amqp {
+                    exchange: c.exchange.clone(),
+                    exchange_type: c.exchange_type.clone(),
+                    persistent: c.persistent,
+                },
+                host: first(&c.url),
+                cloudevents: mode(c.cloudevents),
+                key_header: Some(c.key_header.clone()),
+                cloudevents_prefix: Some(c.cloudevents_prefix.clone()),
+            },
+            SinkConfig::Nats(c) => Sink {
+                name: name.clone(),
+                protocol: Protocol::Nats {
+                    jetstream: c.jetstream,
+                },
+                host: first(&c.url),
+                cloudevents: mode(c.cloudevents),
+                key_header: Some(c.key_header.clone()),
+                cloudevents_prefix: None,
+            },
+            SinkConfig::File(c) => Sink {
+                name: name.clone(),
+                protocol: Protocol::File,
+                host: c.path.clone(),
+                cloudevents: "off".into(),
+                key_header: None,
+                cloudevents_prefix: None,
+            },
+        })
+        .collect();
+    let routes = config.route_table()?;
+    let mut published = Vec::new();
+    for trigger in cal_relay_core::trigger::KNOWN {
+        if let Some(route) = routes.find(trigger) {
+            published.push(Published {
+                trigger: (*trigger).to_owned(),
+                destination: route
+                    .destination
+                    .clone()
+                    .unwrap_or_else(|| cal_relay_core::trigger::default_destination(trigger)),
+                sinks: route.sinks.clone(),
+            });
+        }
+    }
+    if let Some(route) = routes.find(cal_relay_core::trigger::TEMPLATE) {
+        for source in &config.sources {
+            if let Some(destination) = &source.template_destination {
+                published.push(Published {
+                    trigger: cal_relay_core::trigger::TEMPLATE.to_owned(),
+                    destination: destination.clone(),
+                    sinks: route.sinks.clone(),
+                });
+            }
+        }
+    }
+    Ok(Description {
+        title: "cal-relay".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        sinks,
+        published,
+    })
 }
 
 async fn build_sinks(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<dyn Sink>>> {
