@@ -539,6 +539,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("delivery.dir {}", d.dir.display()))?;
         relay = relay.with_spool(spool);
     }
+    if config.schema.check == cal_relay_config::SchemaCheck::Warn {
+        relay = relay.with_schema_check(cal_relay_contract::Checker::new()?);
+    }
     if d.dedup_window_secs > 0 {
         let window = Duration::from_secs(d.dedup_window_secs);
         let dedup = match d.dedup_path() {

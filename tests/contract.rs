@@ -148,3 +148,27 @@ fn the_asyncapi_document_of_every_shipped_config_passes_the_official_parser() {
         assert!(report.contains("valid: AsyncAPI 3.0.0"), "{report}");
     }
 }
+
+#[tokio::test]
+async fn warn_mode_counts_a_wrong_typed_field_and_still_publishes() {
+    let relay = RelayProcess::start(
+        &(one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\"")
+            + "\n[schema]\ncheck = \"warn\"\n"),
+    )
+    .await;
+    let series = "cal_relay_schema_violations_total{trigger=\"BOOKING_CREATED\"}";
+    let good = booking("schema-good", 1);
+    let (status, body) = post(relay.addr, signed_booking(&good)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(relay.metric(series).await, 0.0);
+    // A Cal.com release that changed a field's type: counted, logged, relayed all the same.
+    let mut v: Value = serde_json::from_slice(&booking("schema-bad", 2)).unwrap();
+    v["payload"]["startTime"] = json!(1_768_210_200);
+    let bad = serde_json::to_vec(&v).unwrap();
+    let (status, body) = post(relay.addr, signed_booking(&bad)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(relay.metric(series).await, 1.0);
+    let lines = read_lines(&relay.path("events.jsonl"));
+    assert_eq!(lines.len(), 2, "both published");
+    assert_eq!(lines[1]["body"]["payload"]["startTime"], 1_768_210_200);
+}

@@ -37,6 +37,26 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub schema: SchemaConfig,
+}
+
+/// `[schema]`: drift detection against the published JSON Schemas.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaConfig {
+    /// `off` (default) or `warn`: check each known trigger's body against its schema, count
+    /// violations in `cal_relay_schema_violations_total{trigger}` and log the first failing
+    /// path. Never rejects a delivery.
+    pub check: SchemaCheck,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaCheck {
+    #[default]
+    Off,
+    Warn,
 }
 
 /// `[delivery]`: when a delivery counts as accepted.

@@ -6,6 +6,8 @@
 
 pub mod asyncapi;
 
+use std::collections::HashMap;
+
 /// Every known trigger's schema (draft 2020-12), by trigger, sorted.
 pub const SCHEMAS: &[(&str, &str)] = &[
     (
@@ -142,6 +144,65 @@ pub fn schema_uri(trigger: &str) -> Option<String> {
     schema(trigger).map(|_| format!("{SCHEMA_BASE}{trigger}.json"))
 }
 
+/// Why the checker could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("schema of {trigger} does not compile: {detail}")]
+pub struct SchemaError {
+    pub trigger: &'static str,
+    pub detail: String,
+}
+
+/// Where a payload first departs from its trigger's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// JSON Pointer of the failing value (`/payload/startTime`).
+    pub path: String,
+    pub message: String,
+}
+
+/// Every known trigger's schema, compiled: checks a published body against its trigger's
+/// schema (drift detection; it never decides whether a delivery is relayed).
+pub struct Checker {
+    validators: HashMap<&'static str, jsonschema::Validator>,
+}
+
+impl Checker {
+    pub fn new() -> Result<Checker, SchemaError> {
+        let mut validators = HashMap::new();
+        for (trigger, text) in SCHEMAS {
+            let bad = |detail: String| SchemaError { trigger, detail };
+            let schema: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+            let validator = jsonschema::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .map_err(|e| bad(e.to_string()))?;
+            validators.insert(*trigger, validator);
+        }
+        Ok(Checker { validators })
+    }
+
+    /// The first violation of `body` against `trigger`'s schema; `None` when it conforms, or
+    /// when the trigger has no schema (unknown triggers are not checked).
+    pub fn check(&self, trigger: &str, body: &[u8]) -> Option<Violation> {
+        let validator = self.validators.get(trigger)?;
+        let instance: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                return Some(Violation {
+                    path: String::new(),
+                    message: format!("not JSON: {e}"),
+                })
+            }
+        };
+        let error = validator.iter_errors(&instance).next()?;
+        Some(Violation {
+            path: error.instance_path().to_string(),
+            message: error.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +226,44 @@ mod tests {
         assert_eq!(
             schema_uri("BOOKING_CREATED").as_deref(),
             Some("https://cal-relay.dev/schemas/BOOKING_CREATED.json")
+        );
+    }
+
+    #[test]
+    fn the_checker_names_the_first_failing_path() {
+        let checker = Checker::new().unwrap();
+        let ok = br#"{"triggerEvent":"BOOKING_NO_SHOW_UPDATED","createdAt":"2026-01-12T09:30:00.538Z","payload":{"bookingUid":"u","attendees":[{"email":"a@b.c","noShow":true}],"extra":1}}"#;
+        assert_eq!(checker.check("BOOKING_NO_SHOW_UPDATED", ok), None);
+        let bad = br#"{"triggerEvent":"BOOKING_NO_SHOW_UPDATED","createdAt":"2026-01-12T09:30:00.538Z","payload":{"bookingUid":"u","attendees":[{"email":"a@b.c","noShow":"yes"}]}}"#;
+        let v = checker.check("BOOKING_NO_SHOW_UPDATED", bad).unwrap();
+        assert_eq!(v.path, "/payload/attendees/0/noShow");
+        assert_eq!(
+            checker.check("SOMETHING_NEW", bad),
+            None,
+            "unknown: not checked"
+        );
+    }
+
+    /// The cost of `[schema] check = "warn"` per delivery (printed, not asserted):
+    /// `cargo test --release -p cal-relay-contract -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn cost_per_check() {
+        let body = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/deliveries/BOOKING_CREATED.body"),
+        )
+        .unwrap();
+        let checker = Checker::new().unwrap();
+        let n = 20_000;
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            assert!(checker.check("BOOKING_CREATED", &body).is_none());
+        }
+        let per = started.elapsed() / n;
+        println!(
+            "check of a {} byte BOOKING_CREATED: {per:?} per delivery",
+            body.len()
         );
     }
 

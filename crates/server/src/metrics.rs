@@ -22,6 +22,7 @@ pub struct Metrics {
     /// 1 when a sink says it can take messages, else 0; refreshed at each scrape.
     pub sink_ready: IntGaugeVec,
     pub duplicates: IntCounter,
+    pub schema_violations: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -94,6 +95,11 @@ impl Metrics {
             "Deliveries accepted without publishing: same delivery id seen within the window.",
         )?;
         registry.register(Box::new(duplicates.clone()))?;
+        let schema_violations = counter(
+            "cal_relay_schema_violations_total",
+            "Published bodies that depart from their trigger's schema ([schema] check = \"warn\").",
+            &["trigger"],
+        )?;
         Ok(Metrics {
             registry,
             received,
@@ -106,6 +112,7 @@ impl Metrics {
             connections,
             sink_ready,
             duplicates,
+            schema_violations,
         })
     }
 

@@ -74,6 +74,7 @@ pub struct Relay {
     trusted_proxies: Vec<IpNet>,
     spool: Option<Arc<Spool>>,
     dedup: Option<Dedup>,
+    schema_check: Option<cal_relay_contract::Checker>,
 }
 
 impl Relay {
@@ -118,6 +119,7 @@ impl Relay {
             trusted_proxies: limits.trusted_proxies,
             spool: None,
             dedup: None,
+            schema_check: None,
         })
     }
 
@@ -130,6 +132,13 @@ impl Relay {
     /// Answer repeats of a delivery id within the window with 200 and publish them no more.
     pub fn with_dedup(mut self, dedup: Dedup) -> Relay {
         self.dedup = Some(dedup);
+        self
+    }
+
+    /// Check every known trigger's body against its schema, counting and logging violations
+    /// (never refusing a delivery for one).
+    pub fn with_schema_check(mut self, checker: cal_relay_contract::Checker) -> Relay {
+        self.schema_check = Some(checker);
         self
     }
 
@@ -349,6 +358,18 @@ impl Relay {
             Err(rejection) => return self.refuse(source, &rejection),
         };
         let message = &prepared.message;
+        if let (Some(checker), Some(trigger)) = (
+            &self.schema_check,
+            message.header(cal_relay_core::pipeline::headers::TRIGGER),
+        ) {
+            if let Some(violation) = checker.check(trigger, &message.body) {
+                self.metrics
+                    .schema_violations
+                    .with_label_values(&[prepared.trigger_label])
+                    .inc();
+                tracing::warn!(source = %source.name, trigger, delivery_id = %message.id, path = %violation.path, violation = %violation.message, "body departs from its trigger's schema; relayed anyway");
+            }
+        }
         // A template body carries no time of its own: two byte-identical ones may be two
         // events (Cal.com renders a template without a uid identically for different
         // bookings), so it is published every time, with the same cal-delivery-id.
