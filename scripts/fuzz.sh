@@ -43,9 +43,10 @@ printf '%-14s %12s %8s %8s %8s %s\n' target executions seconds corpus coverage r
 fail=0
 for t in "${targets[@]}"; do
   log="$out/$t.log"
-  execs=$(awk '/stat::number_of_executed_units:/ {print $2}' "$log" | tail -1)
-  secs=$(awk '/^Done [0-9]+ runs in/ {print $5}' "$log" | tail -1)
-  cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')
+  # A target that failed at once has no stats: the summary still goes on to say why.
+  execs=$(awk '/stat::number_of_executed_units:/ {print $2}' "$log" | tail -1 || true)
+  secs=$(awk '/^Done [0-9]+ runs in/ {print $5}' "$log" | tail -1 || true)
+  cov=$( (grep -oE 'cov: [0-9]+' "$log" || true) | tail -1 | awk '{print $2}')
   corpus=$(find "corpus/$t" -type f | wc -l)
   rc=$(cat "$out/$t.rc")
   if [ "$rc" = 0 ]; then result="0 crashes"; else
