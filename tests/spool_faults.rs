@@ -32,17 +32,6 @@ fn envelope_of(size: usize, uid: &str) -> Vec<u8> {
     body
 }
 
-/// `cal-relay spool list --json` on the relay's spool: one JSON object per line.
-fn spool_list(relay: &RelayProcess) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cal-relay"))
-        .args(["spool", "--dir"])
-        .arg(relay.path("spool"))
-        .args(["list", "--json"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 async fn wait_drained(relay: &RelayProcess) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while relay.metric("cal_relay_spool_entries").await > 0.0 {
@@ -70,7 +59,7 @@ async fn a_delivery_of_exactly_max_body_bytes_survives_a_restart() {
     // (not cut off as a corrupt tail); NATS refuses payloads over its 1 MiB max_payload, so the
     // bytes are checked in the spool itself.
     relay.restart().await;
-    let listed = spool_list(&relay);
+    let listed = relay.spool_list();
     let entries: Vec<serde_json::Value> = listed
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -253,7 +242,7 @@ async fn an_entry_failing_past_max_age_becomes_a_dead_letter() {
         assert!(Instant::now() < deadline, "never expired: {}", relay.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let listed = spool_list(&relay);
+    let listed = relay.spool_list();
     assert!(listed.contains("\"expired\""), "{listed}");
     assert_eq!(relay.metric("cal_relay_spool_entries").await, 0.0);
 }

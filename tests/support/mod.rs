@@ -350,6 +350,19 @@ impl RelayProcess {
         }
     }
 
+    /// `cal-relay spool list --json` on this relay's spool (`{dir}/spool`): one JSON object
+    /// per pending entry or dead letter. Read from the files, so an entry stays listed until
+    /// its DONE is written (unlike a gauge, which may not have caught up with a new entry).
+    pub fn spool_list(&self) -> String {
+        let out = Command::new(relay_binary())
+            .args(["spool", "--dir"])
+            .arg(self.path("spool"))
+            .args(["list", "--json"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Scrape `/metrics` and return the value of the series `name{labels}` (0 when absent).
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, text) = get(self.addr, "/metrics").await.unwrap();
