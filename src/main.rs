@@ -159,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(warning) = loaded.env_warning() {
                 tracing::warn!("{warning}");
             }
-            serve(loaded.config).await?;
+            serve(loaded.config, cli.config.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
@@ -495,21 +495,26 @@ async fn build_sinks(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<dyn
     Ok(sinks)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// What a request may cost, from `config.server`.
+fn limits(config: &Config) -> anyhow::Result<cal_relay_server::Limits> {
+    Ok(cal_relay_server::Limits {
+        max_body_bytes: config.server.max_body_bytes,
+        body_read_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
+        max_in_flight: config.server.max_in_flight,
+        trusted_proxies: config
+            .server
+            .trusted_proxy_nets()
+            .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?,
+    })
+}
+
+async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let sinks = build_sinks(&config).await?;
     let mut relay = Relay::new(
         config.endpoints()?,
         config.route_table()?,
         sinks,
-        cal_relay_server::Limits {
-            max_body_bytes: config.server.max_body_bytes,
-            body_read_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
-            max_in_flight: config.server.max_in_flight,
-            trusted_proxies: config
-                .server
-                .trusted_proxy_nets()
-                .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?,
-        },
+        limits(&config)?,
     )?;
     let d = &config.delivery;
     if d.mode == "spool" {
@@ -576,21 +581,127 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    tokio::spawn(reload_on_hangup(tls.clone()));
-    cal_relay_server::serve(
-        listener,
-        Arc::new(relay),
-        &config.server,
-        tls,
-        shutdown_signal(),
-    )
-    .await;
+    let relay = Arc::new(relay);
+    let reloads = Reloads::register(relay.metrics().registry(), &config)?;
+    tokio::spawn(reload_on_hangup(
+        tls.clone(),
+        relay.clone(),
+        path,
+        config.clone(),
+        reloads,
+    ));
+    cal_relay_server::serve(listener, relay, &config.server, tls, shutdown_signal()).await;
     Ok(())
 }
 
-/// On SIGHUP, read the TLS certificate and key again (connections already open keep theirs).
-/// The handler is installed even without TLS, so a stray SIGHUP never kills the relay.
-async fn reload_on_hangup(tls: Option<Arc<cal_relay_server::Tls>>) {
+/// The reload metrics: `cal_relay_config_reloads_total{result}` and
+/// `cal_relay_config_info{hash}` (1 for the configuration in effect).
+struct Reloads {
+    total: prometheus::IntCounterVec,
+    info: prometheus::IntGaugeVec,
+}
+
+impl Reloads {
+    fn register(registry: &prometheus::Registry, config: &Config) -> anyhow::Result<Reloads> {
+        let total = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "cal_relay_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result (ok, error).",
+            ),
+            &["result"],
+        )?;
+        let info = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "cal_relay_config_info",
+                "1 for the configuration in effect, labelled with a hash of it (secrets left out).",
+            ),
+            &["hash"],
+        )?;
+        registry.register(Box::new(total.clone()))?;
+        registry.register(Box::new(info.clone()))?;
+        for result in ["ok", "error"] {
+            total.with_label_values(&[result]);
+        }
+        info.with_label_values(&[&config_hash(config)]).set(1);
+        Ok(Reloads { total, info })
+    }
+}
+
+/// A short hash of the effective configuration as `check-config` prints it (no secrets).
+fn config_hash(config: &Config) -> String {
+    let text = render_config(config).unwrap_or_default();
+    cal_relay_core::pipeline::delivery_id(text.as_bytes())[..12].to_owned()
+}
+
+/// Settings a reload cannot change: what differs from the running process, by key.
+fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let (a, b) = (&started.server, &new.server);
+    let mut keys = Vec::new();
+    for (key, changed) in [
+        ("server.listen", differs(&a.listen, &b.listen)),
+        ("server.tls", differs(&a.tls, &b.tls)),
+        (
+            "server.max_connections",
+            a.max_connections != b.max_connections,
+        ),
+        ("server.max_in_flight", a.max_in_flight != b.max_in_flight),
+        (
+            "server.listen_backlog",
+            differs(&a.listen_backlog, &b.listen_backlog),
+        ),
+        (
+            "server.header_read_timeout_ms",
+            a.header_read_timeout_ms != b.header_read_timeout_ms,
+        ),
+        (
+            "server.shutdown_timeout_ms",
+            a.shutdown_timeout_ms != b.shutdown_timeout_ms,
+        ),
+        (
+            "server.max_header_bytes",
+            a.max_header_bytes != b.max_header_bytes,
+        ),
+        ("server.max_headers", a.max_headers != b.max_headers),
+        ("sinks", differs(&started.sinks, &new.sinks)),
+        ("delivery", differs(&started.delivery, &new.delivery)),
+        ("schema", differs(&started.schema, &new.schema)),
+        ("log", differs(&started.log, &new.log)),
+    ] {
+        if changed {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Read the configuration again and apply what can change while serving: sources (paths,
+/// secrets, replay windows), routes and per-request limits. The whole file is refused when any
+/// of it is invalid.
+fn reload(relay: &Relay, path: Option<&Path>, started: &Config) -> anyhow::Result<Config> {
+    let new = load(path)?.config;
+    let endpoints = new.endpoints()?;
+    let routes = new.route_table()?;
+    let limits = limits(&new)?;
+    relay.reload(endpoints, routes, &limits)?;
+    let restart = needs_restart(started, &new);
+    if !restart.is_empty() {
+        tracing::warn!(keys = ?restart, "SIGHUP: these settings need a restart; their running values stay");
+    }
+    Ok(new)
+}
+
+/// On SIGHUP: read the configuration again (see [`reload`]) and the TLS certificate and key
+/// (connections already open keep theirs). The handler is installed whatever the
+/// configuration, so a stray SIGHUP never kills the relay.
+async fn reload_on_hangup(
+    tls: Option<Arc<cal_relay_server::Tls>>,
+    relay: Arc<Relay>,
+    path: Option<PathBuf>,
+    started: Config,
+    reloads: Reloads,
+) {
     #[cfg(unix)]
     {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -598,19 +709,30 @@ async fn reload_on_hangup(tls: Option<Arc<cal_relay_server::Tls>>) {
             return;
         };
         while hup.recv().await.is_some() {
-            match &tls {
-                Some(t) => match t.reload() {
+            match reload(&relay, path.as_deref(), &started) {
+                Ok(new) => {
+                    reloads.total.with_label_values(&["ok"]).inc();
+                    reloads.info.reset();
+                    reloads.info.with_label_values(&[&config_hash(&new)]).set(1);
+                    tracing::info!(hash = %config_hash(&new), "SIGHUP: configuration reloaded");
+                }
+                Err(e) => {
+                    reloads.total.with_label_values(&["error"]).inc();
+                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: configuration refused; the running one stays");
+                }
+            }
+            if let Some(t) = &tls {
+                match t.reload() {
                     Ok(()) => tracing::info!("SIGHUP: TLS certificate and key read again"),
                     Err(e) => {
                         tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
                     }
-                },
-                None => tracing::info!("SIGHUP received: nothing to reload"),
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = tls;
+    let _ = (tls, relay, path, started, reloads);
 }
 
 async fn shutdown_signal() {
@@ -637,6 +759,11 @@ async fn shutdown_signal() {
 }
 
 fn print_config(config: &Config) -> anyhow::Result<()> {
+    print_out(&render_config(config)?)
+}
+
+/// What `check-config` prints: the effective configuration, secrets redacted.
+fn render_config(config: &Config) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let mut out = String::new();
     writeln!(out, "configuration is valid")?;
@@ -713,7 +840,7 @@ fn print_config(config: &Config) -> anyhow::Result<()> {
             None => writeln!(out, "  {t:<46} (no route: 422)")?,
         }
     }
-    print_out(&out)
+    Ok(out)
 }
 
 /// Write to stdout; a closed pipe (`| head`) is not an error.

@@ -62,28 +62,23 @@ pub enum BuildError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// Everything a request needs: sources by path, routes, sinks by name, metrics, limits.
-pub struct Relay {
+/// What a configuration reload replaces: sources by path, routes, per-request limits. A
+/// request takes the table current when it starts and keeps it to its end.
+struct Table {
     sources: HashMap<String, (Source, Vec<IpNet>)>,
     routes: RouteTable,
-    sinks: BTreeMap<String, Arc<dyn Sink>>,
-    metrics: Metrics,
     max_body_bytes: usize,
     body_read_timeout: Duration,
-    in_flight: Arc<Semaphore>,
     trusted_proxies: Vec<IpNet>,
-    spool: Option<Arc<Spool>>,
-    dedup: Option<Dedup>,
-    schema_check: Option<cal_relay_contract::Checker>,
 }
 
-impl Relay {
-    pub fn new(
+impl Table {
+    fn build(
         endpoints: Vec<Endpoint>,
         routes: RouteTable,
-        sinks: BTreeMap<String, Arc<dyn Sink>>,
-        limits: Limits,
-    ) -> Result<Relay, BuildError> {
+        sinks: &BTreeMap<String, Arc<dyn Sink>>,
+        limits: &Limits,
+    ) -> Result<Table, BuildError> {
         for (i, route) in routes.routes().iter().enumerate() {
             if let Some(missing) = route.sinks.iter().find(|s| !sinks.contains_key(*s)) {
                 return Err(BuildError::UnknownSink {
@@ -108,19 +103,69 @@ impl Relay {
                 return Err(BuildError::DuplicatePath(path));
             }
         }
-        Ok(Relay {
+        Ok(Table {
             sources,
             routes,
-            sinks,
-            metrics: Metrics::new()?,
             max_body_bytes: limits.max_body_bytes,
             body_read_timeout: limits.body_read_timeout,
+            trusted_proxies: limits.trusted_proxies.clone(),
+        })
+    }
+}
+
+/// Everything a request needs: sources by path, routes, sinks by name, metrics, limits.
+pub struct Relay {
+    table: std::sync::RwLock<Arc<Table>>,
+    sinks: BTreeMap<String, Arc<dyn Sink>>,
+    metrics: Metrics,
+    in_flight: Arc<Semaphore>,
+    spool: Option<Arc<Spool>>,
+    dedup: Option<Dedup>,
+    schema_check: Option<cal_relay_contract::Checker>,
+}
+
+impl Relay {
+    pub fn new(
+        endpoints: Vec<Endpoint>,
+        routes: RouteTable,
+        sinks: BTreeMap<String, Arc<dyn Sink>>,
+        limits: Limits,
+    ) -> Result<Relay, BuildError> {
+        let table = Table::build(endpoints, routes, &sinks, &limits)?;
+        Ok(Relay {
+            table: std::sync::RwLock::new(Arc::new(table)),
+            sinks,
+            metrics: Metrics::new()?,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
-            trusted_proxies: limits.trusted_proxies,
             spool: None,
             dedup: None,
             schema_check: None,
         })
+    }
+
+    /// Replace sources, routes and per-request limits (`max_in_flight` is kept): requests that
+    /// started keep what they started with, the next ones get the new table. Refused as a
+    /// whole, changing nothing, when the new parts do not fit together (a route naming a sink
+    /// that is not running, two sources on one path).
+    pub fn reload(
+        &self,
+        endpoints: Vec<Endpoint>,
+        routes: RouteTable,
+        limits: &Limits,
+    ) -> Result<(), BuildError> {
+        let table = Arc::new(Table::build(endpoints, routes, &self.sinks, limits)?);
+        match self.table.write() {
+            Ok(mut current) => *current = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+        Ok(())
+    }
+
+    fn table(&self) -> Arc<Table> {
+        match self.table.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Accept deliveries into `spool` (answer once durable) instead of waiting for the sinks.
@@ -153,6 +198,7 @@ impl Relay {
     /// Answer one request from `peer`.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
+        let table = self.table();
         let response = match req.uri().path() {
             "/metrics" => self.get_only(&req, || {
                 for (name, sink) in &self.sinks {
@@ -172,9 +218,9 @@ impl Relay {
                 self.get_only(&req, || respond::json(StatusCode::OK, r#"{"status":"ok"}"#))
             }
             "/readyz" => self.get_only(&req, || self.readiness()),
-            path => match self.sources.get(path) {
+            path => match table.sources.get(path) {
                 Some((source, allow_from)) if req.method() == Method::POST => {
-                    let client = self.client_ip(&req, peer);
+                    let client = Self::client_ip(&table, &req, peer);
                     if !allow_from.is_empty() && !allow_from.iter().any(|n| n.contains(&client)) {
                         self.reject(&source.name, "forbidden");
                         tracing::info!(source = %source.name, %client, status = 403, "rejected");
@@ -189,7 +235,7 @@ impl Relay {
                                 // Counted down however the delivery ends (answered, failed,
                                 // or its task dropped).
                                 let _in_flight = GaugeGuard::new(&self.metrics.in_flight);
-                                self.deliver(source, req).await
+                                self.deliver(&table, source, req).await
                             }
                             Err(_) => {
                                 self.reject(&source.name, "overloaded");
@@ -235,9 +281,9 @@ impl Relay {
 
     /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
     /// `X-Forwarded-For` entry that is not itself a trusted proxy.
-    fn client_ip(&self, req: &Request<Incoming>, peer: SocketAddr) -> IpAddr {
+    fn client_ip(table: &Table, req: &Request<Incoming>, peer: SocketAddr) -> IpAddr {
         let peer = peer.ip().to_canonical();
-        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
+        let trusted = |ip: &IpAddr| table.trusted_proxies.iter().any(|n| n.contains(ip));
         if !trusted(&peer) {
             return peer;
         }
@@ -316,14 +362,19 @@ impl Relay {
             .inc();
     }
 
-    async fn deliver(&self, source: &Source, req: Request<Incoming>) -> Response<Body> {
+    async fn deliver(
+        &self,
+        table: &Table,
+        source: &Source,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let started = Instant::now();
         self.metrics
             .received
             .with_label_values(&[source.name.as_str()])
             .inc();
         let (parts, body) = req.into_parts();
-        let body = match self.read_body(&parts.headers, body).await {
+        let body = match Self::read_body(table, &parts.headers, body).await {
             Ok(body) => body,
             Err((status, reason, message)) => {
                 self.reject(&source.name, reason);
@@ -353,7 +404,7 @@ impl Relay {
             webhook_version: text("x-cal-webhook-version"),
             received_at: SystemTime::now(),
         };
-        let prepared = match source.prepare(&self.routes, inbound) {
+        let prepared = match source.prepare(&table.routes, inbound) {
             Ok(p) => p,
             Err(rejection) => return self.refuse(source, &rejection),
         };
@@ -484,7 +535,7 @@ impl Relay {
 
     /// Read the whole body, refusing past `max_body_bytes` or `body_read_timeout`.
     async fn read_body(
-        &self,
+        table: &Table,
         headers: &hyper::HeaderMap,
         body: Incoming,
     ) -> Result<Bytes, (StatusCode, &'static str, &'static str)> {
@@ -497,11 +548,11 @@ impl Relay {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+        if declared.is_some_and(|n| n > table.max_body_bytes as u64) {
             return Err(TOO_LARGE);
         }
-        let limited = Limited::new(body, self.max_body_bytes);
-        match tokio::time::timeout(self.body_read_timeout, limited.collect()).await {
+        let limited = Limited::new(body, table.max_body_bytes);
+        match tokio::time::timeout(table.body_read_timeout, limited.collect()).await {
             Err(_) => Err((
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
