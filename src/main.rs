@@ -167,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(warning) = loaded.env_warning() {
                 eprintln!("warning: {warning}");
             }
+            validate(&loaded.config)?;
             print_config(&loaded.config)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -508,61 +509,107 @@ fn limits(config: &Config) -> anyhow::Result<cal_relay_server::Limits> {
     })
 }
 
+/// The spool of `[delivery]` in spool mode, forwarding to `sinks`.
+fn open_spool(
+    config: &Config,
+    sinks: &BTreeMap<String, Arc<dyn Sink>>,
+    metrics: &cal_relay_server::Metrics,
+) -> anyhow::Result<Option<Arc<cal_relay_spool::Spool>>> {
+    let d = &config.delivery;
+    if d.mode != "spool" {
+        return Ok(None);
+    }
+    let spool_metrics = cal_relay_spool::SpoolMetrics::register(
+        metrics.registry(),
+        metrics.published.clone(),
+        metrics.publish_errors.clone(),
+        metrics.publish_duration.clone(),
+    )?;
+    let spool = cal_relay_spool::Spool::open(
+        &cal_relay_spool::SpoolConfig {
+            dir: d.dir.clone(),
+            max_bytes: d.max_bytes,
+            fsync: d.fsync,
+            retry: cal_relay_spool::RetryPolicy {
+                initial: Duration::from_millis(d.retry_initial_ms),
+                max: Duration::from_millis(d.retry_max_ms),
+                max_attempts: d.max_attempts,
+                max_age: (d.max_age_secs > 0).then(|| Duration::from_secs(d.max_age_secs)),
+            },
+            lanes: d.lanes,
+        },
+        sinks,
+        spool_metrics,
+    )
+    .with_context(|| format!("delivery.dir {}", d.dir.display()))?;
+    Ok(Some(spool))
+}
+
+/// The de-duplication window of `[delivery]`, kept in its file when it can be.
+fn open_dedup(config: &Config) -> Option<cal_relay_accept::Dedup> {
+    let d = &config.delivery;
+    if d.dedup_window_secs == 0 {
+        return None;
+    }
+    let window = Duration::from_secs(d.dedup_window_secs);
+    Some(match d.dedup_path() {
+        Some(path) => {
+            match cal_relay_accept::Dedup::with_file(window, d.dedup_max_entries, &path) {
+                Ok(dedup) => dedup,
+                // Serving matters more: keep the window in memory, and say what is lost.
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot keep de-duplication ids in this file: they live in memory only, so a replay after a restart is published again (set delivery.dedup_file to a writable path)");
+                    cal_relay_accept::Dedup::new(window, d.dedup_max_entries)
+                }
+            }
+        }
+        None => cal_relay_accept::Dedup::new(window, d.dedup_max_entries),
+    })
+}
+
+/// What `serve` checks before it starts anything, and `check-config` with it: sources (paths,
+/// secrets, networks), routes against the sinks, limits, and the TLS files.
+fn validate(config: &Config) -> anyhow::Result<()> {
+    let sinks: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
+    Relay::check(
+        config.endpoints()?,
+        config.route_table()?,
+        &sinks,
+        &limits(config)?,
+    )?;
+    if let Some(t) = &config.server.tls {
+        cal_relay_server::Tls::load(t).context("server.tls")?;
+    }
+    Ok(())
+}
+
 async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    validate(&config)?;
+    // In the order the parts depend on each other: metrics, sinks, the spool over them, the
+    // delivery policy over both, then the relay in front.
+    let metrics = cal_relay_server::Metrics::new()?;
     let sinks = build_sinks(&config).await?;
+    let spool = open_spool(&config, &sinks, &metrics)?;
+    let acceptor = cal_relay_accept::Acceptor::new(
+        sinks,
+        spool,
+        open_dedup(&config),
+        cal_relay_accept::AcceptMetrics {
+            published: metrics.published.clone(),
+            publish_errors: metrics.publish_errors.clone(),
+            publish_duration: metrics.publish_duration.clone(),
+            duplicates: metrics.duplicates.clone(),
+        },
+    );
     let mut relay = Relay::new(
         config.endpoints()?,
         config.route_table()?,
-        sinks,
+        acceptor,
         limits(&config)?,
+        metrics,
     )?;
-    let d = &config.delivery;
-    if d.mode == "spool" {
-        let m = relay.metrics();
-        let metrics = cal_relay_spool::SpoolMetrics::register(
-            m.registry(),
-            m.published.clone(),
-            m.publish_errors.clone(),
-            m.publish_duration.clone(),
-        )?;
-        let spool = cal_relay_spool::Spool::open(
-            &cal_relay_spool::SpoolConfig {
-                dir: d.dir.clone(),
-                max_bytes: d.max_bytes,
-                fsync: d.fsync,
-                retry: cal_relay_spool::RetryPolicy {
-                    initial: Duration::from_millis(d.retry_initial_ms),
-                    max: Duration::from_millis(d.retry_max_ms),
-                    max_attempts: d.max_attempts,
-                    max_age: (d.max_age_secs > 0).then(|| Duration::from_secs(d.max_age_secs)),
-                },
-                lanes: d.lanes,
-            },
-            relay.sinks(),
-            metrics,
-        )
-        .with_context(|| format!("delivery.dir {}", d.dir.display()))?;
-        relay = relay.with_spool(spool);
-    }
     if config.schema.check == cal_relay_config::SchemaCheck::Warn {
         relay = relay.with_schema_check(cal_relay_contract::Checker::new()?);
-    }
-    if d.dedup_window_secs > 0 {
-        let window = Duration::from_secs(d.dedup_window_secs);
-        let dedup = match d.dedup_path() {
-            Some(path) => {
-                match cal_relay_server::Dedup::with_file(window, d.dedup_max_entries, &path) {
-                    Ok(dedup) => dedup,
-                    // Serving matters more: keep the window in memory, and say what is lost.
-                    Err(e) => {
-                        tracing::error!(path = %path.display(), error = %e, "cannot keep de-duplication ids in this file: they live in memory only, so a replay after a restart is published again (set delivery.dedup_file to a writable path)");
-                        cal_relay_server::Dedup::new(window, d.dedup_max_entries)
-                    }
-                }
-            }
-            None => cal_relay_server::Dedup::new(window, d.dedup_max_entries),
-        };
-        relay = relay.with_dedup(dedup);
     }
     let listener = cal_relay_server::bind(&config.server)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

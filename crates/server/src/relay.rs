@@ -1,15 +1,15 @@
 //! Handling one request: dispatch by path, read the body within limits, run the core pipeline,
 //! publish to the route's sinks, answer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use cal_relay_accept::{Acceptor, Delivery, Outcome};
 use cal_relay_core::{Inbound, Prepared, Rejection, RouteTable, Source};
-use cal_relay_sink::{Sink, SinkError};
-use cal_relay_spool::{Spool, SpoolError};
+use cal_relay_spool::SpoolError;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -19,7 +19,6 @@ use ipnet::IpNet;
 use prometheus::IntGauge;
 use tokio::sync::Semaphore;
 
-use crate::dedup::Dedup;
 use crate::metrics::Metrics;
 use crate::respond::{self, Body};
 
@@ -76,11 +75,11 @@ impl Table {
     fn build(
         endpoints: Vec<Endpoint>,
         routes: RouteTable,
-        sinks: &BTreeMap<String, Arc<dyn Sink>>,
+        sink_exists: &dyn Fn(&str) -> bool,
         limits: &Limits,
     ) -> Result<Table, BuildError> {
         for (i, route) in routes.routes().iter().enumerate() {
-            if let Some(missing) = route.sinks.iter().find(|s| !sinks.contains_key(*s)) {
+            if let Some(missing) = route.sinks.iter().find(|s| !sink_exists(s)) {
                 return Err(BuildError::UnknownSink {
                     route: i,
                     sink: missing.clone(),
@@ -113,34 +112,46 @@ impl Table {
     }
 }
 
-/// Everything a request needs: sources by path, routes, sinks by name, metrics, limits.
+/// Everything a request needs: sources by path, routes and limits (reloadable), the delivery
+/// policy, metrics.
 pub struct Relay {
     table: std::sync::RwLock<Arc<Table>>,
-    sinks: BTreeMap<String, Arc<dyn Sink>>,
+    acceptor: Acceptor,
     metrics: Metrics,
     in_flight: Arc<Semaphore>,
-    spool: Option<Arc<Spool>>,
-    dedup: Option<Dedup>,
     schema_check: Option<cal_relay_contract::Checker>,
 }
 
 impl Relay {
+    /// Assemble the relay from parts built before it: the sources and routes, the delivery
+    /// policy (with the sinks, spool and de-duplication it holds), limits and the metrics.
     pub fn new(
         endpoints: Vec<Endpoint>,
         routes: RouteTable,
-        sinks: BTreeMap<String, Arc<dyn Sink>>,
+        acceptor: Acceptor,
         limits: Limits,
+        metrics: Metrics,
     ) -> Result<Relay, BuildError> {
-        let table = Table::build(endpoints, routes, &sinks, &limits)?;
+        let sinks = acceptor.sinks();
+        let table = Table::build(endpoints, routes, &|s| sinks.contains_key(s), &limits)?;
         Ok(Relay {
             table: std::sync::RwLock::new(Arc::new(table)),
-            sinks,
-            metrics: Metrics::new()?,
+            acceptor,
+            metrics,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
-            spool: None,
-            dedup: None,
             schema_check: None,
         })
+    }
+
+    /// Check that these parts would make a relay (what [`Relay::new`] checks), without
+    /// building one: sinks by name only.
+    pub fn check(
+        endpoints: Vec<Endpoint>,
+        routes: RouteTable,
+        sink_names: &[&str],
+        limits: &Limits,
+    ) -> Result<(), BuildError> {
+        Table::build(endpoints, routes, &|s| sink_names.contains(&s), limits).map(|_| ())
     }
 
     /// Replace sources, routes and per-request limits (`max_in_flight` is kept): requests that
@@ -153,7 +164,13 @@ impl Relay {
         routes: RouteTable,
         limits: &Limits,
     ) -> Result<(), BuildError> {
-        let table = Arc::new(Table::build(endpoints, routes, &self.sinks, limits)?);
+        let sinks = self.acceptor.sinks();
+        let table = Arc::new(Table::build(
+            endpoints,
+            routes,
+            &|s| sinks.contains_key(s),
+            limits,
+        )?);
         match self.table.write() {
             Ok(mut current) => *current = table,
             Err(poisoned) => *poisoned.into_inner() = table,
@@ -168,18 +185,6 @@ impl Relay {
         }
     }
 
-    /// Accept deliveries into `spool` (answer once durable) instead of waiting for the sinks.
-    pub fn with_spool(mut self, spool: Arc<Spool>) -> Relay {
-        self.spool = Some(spool);
-        self
-    }
-
-    /// Answer repeats of a delivery id within the window with 200 and publish them no more.
-    pub fn with_dedup(mut self, dedup: Dedup) -> Relay {
-        self.dedup = Some(dedup);
-        self
-    }
-
     /// Check every known trigger's body against its schema, counting and logging violations
     /// (never refusing a delivery for one).
     pub fn with_schema_check(mut self, checker: cal_relay_contract::Checker) -> Relay {
@@ -191,17 +196,13 @@ impl Relay {
         &self.metrics
     }
 
-    pub fn sinks(&self) -> &BTreeMap<String, Arc<dyn Sink>> {
-        &self.sinks
-    }
-
     /// Answer one request from `peer`.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let table = self.table();
         let response = match req.uri().path() {
             "/metrics" => self.get_only(&req, || {
-                for (name, sink) in &self.sinks {
+                for (name, sink) in self.acceptor.sinks() {
                     self.metrics
                         .sink_ready
                         .with_label_values(&[name.as_str()])
@@ -330,12 +331,13 @@ impl Relay {
     /// Ready when every sink is; with a spool, when the spool has room (sinks may be down).
     fn readiness(&self) -> Response<Body> {
         let not_ready: Vec<&str> = self
-            .sinks
+            .acceptor
+            .sinks()
             .iter()
             .filter(|(_, s)| !s.ready())
             .map(|(n, _)| n.as_str())
             .collect();
-        if let Some(spool) = &self.spool {
+        if let Some(spool) = self.acceptor.spool() {
             let full = spool.is_full();
             let status = if full { "spool_full" } else { "ready" };
             let body =
@@ -424,112 +426,118 @@ impl Relay {
         // A template body carries no time of its own: two byte-identical ones may be two
         // events (Cal.com renders a template without a uid identically for different
         // bookings), so it is published every time, with the same cal-delivery-id.
-        let dedup = self
-            .dedup
-            .as_ref()
-            .filter(|_| prepared.shape != cal_relay_core::Shape::Template);
-        if dedup.is_some_and(|d| d.seen(&message.id, Instant::now())) {
-            self.metrics.duplicates.inc();
-            tracing::info!(source = %source.name, trigger = prepared.trigger_label, delivery_id = %message.id, status = 200, "duplicate, not published again");
-            return respond::json(
-                StatusCode::OK,
-                serde_json::json!({ "status": "duplicate", "deliveryId": message.id }).to_string(),
-            );
-        }
-        let mut spool_error = None;
-        if let Some(spool) = &self.spool {
-            match spool
-                .accept(message, &prepared.route.sinks, prepared.trigger_label)
-                .await
-            {
-                Ok(seq) => {
-                    self.remember(dedup, &message.id);
-                    tracing::info!(
-                        source = %source.name,
-                        trigger = prepared.trigger_label,
-                        delivery_id = %message.id,
-                        destination = %message.destination,
-                        sinks = ?prepared.route.sinks,
-                        seq,
-                        status = 202,
-                        latency_ms = started.elapsed().as_secs_f64() * 1e3,
-                        "spooled"
-                    );
-                    return respond::json(
-                        StatusCode::ACCEPTED,
-                        serde_json::json!({ "status": "spooled", "deliveryId": message.id })
-                            .to_string(),
-                    );
-                }
-                Err(e) => {
-                    // Publishing directly would overtake what this key has waiting: refuse
-                    // instead, so the sender retries once the spool has room.
-                    if spool.has_pending(message.key.as_deref()) {
-                        tracing::warn!(delivery_id = %message.id, reason = e.reason(), error = %e, status = 503, "spool refused and the key has deliveries waiting");
-                        self.reject(&source.name, e.reason());
-                        let body = serde_json::json!({
-                            "error": e.reason(),
-                            "message": format!("{e}; deliveries with this key are still waiting, retry later"),
-                            "deliveryId": message.id,
-                        });
-                        return respond::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string());
-                    }
-                    tracing::warn!(delivery_id = %message.id, reason = e.reason(), error = %e, "spool refused; publishing directly");
-                    spool_error = Some(e);
-                }
-            }
-        }
-        let failures = self.publish(&prepared).await;
+        let outcome = self
+            .acceptor
+            .accept(Delivery {
+                message,
+                targets: &prepared.route.sinks,
+                label: prepared.trigger_label,
+                dedupable: prepared.shape != cal_relay_core::Shape::Template,
+            })
+            .await;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        if failures.is_empty() {
-            self.remember(dedup, &message.id);
-            tracing::info!(
-                source = %source.name,
-                trigger = prepared.trigger_label,
-                delivery_id = %message.id,
-                destination = %message.destination,
-                sinks = ?prepared.route.sinks,
-                status = 200,
-                latency_ms,
-                "delivered"
-            );
-            respond::accepted(&message.id)
-        } else {
-            tracing::warn!(
-                source = %source.name,
-                trigger = prepared.trigger_label,
-                delivery_id = %message.id,
-                destination = %message.destination,
-                status = 503,
-                latency_ms,
-                failures = ?failures.iter().map(|(s, e)| format!("{s}: {e}")).collect::<Vec<_>>(),
-                "publish failed"
-            );
-            let sinks: Vec<_> = failures
-                .iter()
-                .map(|(sink, e)| serde_json::json!({ "sink": sink, "reason": e.reason, "message": e.detail }))
-                .collect();
-            let (error, text) = match &spool_error {
-                Some(e @ SpoolError::Full { .. }) => (
-                    e.reason(),
-                    format!("{e}, and a sink did not confirm the message; retry later"),
-                ),
-                Some(e) => (
-                    e.reason(),
-                    format!("the spool refused the delivery ({e}), and a sink did not confirm it; retry later"),
-                ),
-                None => (
-                    "publish_failed",
-                    "a sink did not confirm the message; retry later".to_owned(),
-                ),
-            };
-            let body = serde_json::json!({
-                "error": error,
-                "message": text,
-                "deliveryId": message.id,
-                "sinks": sinks,
-            });
-            respond::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+        self.answer(source, &prepared, outcome, latency_ms)
+    }
+
+    /// Turn what became of a delivery into the answer (and its log line).
+    fn answer(
+        &self,
+        source: &Source,
+        prepared: &Prepared<'_>,
+        outcome: Outcome,
+        latency_ms: f64,
+    ) -> Response<Body> {
+        let message = &prepared.message;
+        match outcome {
+            Outcome::Duplicate => {
+                tracing::info!(source = %source.name, trigger = prepared.trigger_label, delivery_id = %message.id, status = 200, "duplicate, not published again");
+                respond::json(
+                    StatusCode::OK,
+                    serde_json::json!({ "status": "duplicate", "deliveryId": message.id })
+                        .to_string(),
+                )
+            }
+            Outcome::Spooled { seq } => {
+                tracing::info!(
+                    source = %source.name,
+                    trigger = prepared.trigger_label,
+                    delivery_id = %message.id,
+                    destination = %message.destination,
+                    sinks = ?prepared.route.sinks,
+                    seq,
+                    status = 202,
+                    latency_ms,
+                    "spooled"
+                );
+                respond::json(
+                    StatusCode::ACCEPTED,
+                    serde_json::json!({ "status": "spooled", "deliveryId": message.id })
+                        .to_string(),
+                )
+            }
+            Outcome::KeyWaiting { error } => {
+                self.reject(&source.name, error.reason());
+                tracing::warn!(source = %source.name, delivery_id = %message.id, reason = error.reason(), status = 503, latency_ms, "refused: the spool cannot take it and its key has deliveries waiting");
+                let body = serde_json::json!({
+                    "error": error.reason(),
+                    "message": format!("{error}; deliveries with this key are still waiting, retry later"),
+                    "deliveryId": message.id,
+                });
+                respond::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+            }
+            Outcome::Published { .. } => {
+                tracing::info!(
+                    source = %source.name,
+                    trigger = prepared.trigger_label,
+                    delivery_id = %message.id,
+                    destination = %message.destination,
+                    sinks = ?prepared.route.sinks,
+                    status = 200,
+                    latency_ms,
+                    "delivered"
+                );
+                respond::accepted(&message.id)
+            }
+            Outcome::Failed {
+                failures,
+                spool_error,
+            } => {
+                tracing::warn!(
+                    source = %source.name,
+                    trigger = prepared.trigger_label,
+                    delivery_id = %message.id,
+                    destination = %message.destination,
+                    status = 503,
+                    latency_ms,
+                    failures = ?failures.iter().map(|(s, e)| format!("{s}: {e}")).collect::<Vec<_>>(),
+                    "publish failed"
+                );
+                let sinks: Vec<_> = failures
+                    .iter()
+                    .map(|(sink, e)| serde_json::json!({ "sink": sink, "reason": e.reason, "message": e.detail }))
+                    .collect();
+                let (error, text) = match &spool_error {
+                    Some(e @ SpoolError::Full { .. }) => (
+                        e.reason(),
+                        format!("{e}, and a sink did not confirm the message; retry later"),
+                    ),
+                    Some(e) => (
+                        e.reason(),
+                        format!("the spool refused the delivery ({e}), and a sink did not confirm it; retry later"),
+                    ),
+                    None => (
+                        "publish_failed",
+                        "a sink did not confirm the message; retry later".to_owned(),
+                    ),
+                };
+                let body = serde_json::json!({
+                    "error": error,
+                    "message": text,
+                    "deliveryId": message.id,
+                    "sinks": sinks,
+                });
+                respond::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+            }
         }
     }
 
@@ -580,52 +588,10 @@ impl Relay {
         respond::error(status, reason, &rejection.to_string())
     }
 
-    /// Publish to every sink of the route at once; the failures, by sink name.
-    async fn publish<'a>(&'a self, prepared: &Prepared<'a>) -> Vec<(&'a str, SinkError)> {
-        let jobs = prepared.route.sinks.iter().filter_map(|name| {
-            let (name, sink) = self.sinks.get_key_value(name)?;
-            Some(async move {
-                let started = Instant::now();
-                let result = sink.publish(&prepared.message).await;
-                self.metrics
-                    .publish_duration
-                    .with_label_values(&[name.as_str()])
-                    .observe(started.elapsed().as_secs_f64());
-                match &result {
-                    Ok(()) => self
-                        .metrics
-                        .published
-                        .with_label_values(&[name.as_str(), prepared.trigger_label])
-                        .inc(),
-                    Err(e) => self
-                        .metrics
-                        .publish_errors
-                        .with_label_values(&[name.as_str(), prepared.trigger_label, e.reason])
-                        .inc(),
-                }
-                (name.as_str(), result)
-            })
-        });
-        futures_util::future::join_all(jobs)
-            .await
-            .into_iter()
-            .filter_map(|(name, r)| r.err().map(|e| (name, e)))
-            .collect()
-    }
-
-    fn remember(&self, dedup: Option<&Dedup>, id: &str) {
-        if let Some(dedup) = dedup {
-            dedup.insert(id, Instant::now());
-        }
-    }
-
     /// Stop forwarding from the spool (what is not confirmed stays for the next start), then
     /// flush and close every sink.
     pub async fn shutdown_outputs(&self) {
-        if let Some(spool) = &self.spool {
-            spool.shutdown().await;
-        }
-        futures_util::future::join_all(self.sinks.values().map(|s| s.shutdown())).await;
+        self.acceptor.shutdown().await;
     }
 }
 

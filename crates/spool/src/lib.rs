@@ -150,6 +150,9 @@ pub struct Spool {
     commands: Sender<Command>,
     bytes: Arc<AtomicU64>,
     max_bytes: u64,
+    /// Set by a refused append, cleared by the next accepted one or by the writer once the
+    /// log is back under half of `max_bytes` (shown as `cal_relay_spool_full`).
+    is_full: Arc<std::sync::atomic::AtomicBool>,
     metrics: SpoolMetrics,
     pending_keys: Arc<log::PendingKeys>,
     shutdown: watch::Sender<bool>,
@@ -214,12 +217,14 @@ impl Spool {
         let (mut lanes, tasks) = forward::start(sinks, config.lanes, ctx);
         let bytes = Arc::new(AtomicU64::new(0));
         let pending_keys = Arc::new(log::PendingKeys::default());
+        let is_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let gauges = log::Gauges {
             bytes: bytes.clone(),
             entries: metrics.entries.clone(),
             bytes_gauge: metrics.bytes.clone(),
             oldest_age: metrics.oldest_age.clone(),
             full: metrics.full.clone(),
+            is_full: is_full.clone(),
             max_bytes: config.max_bytes,
             pending_keys: pending_keys.clone(),
         };
@@ -269,6 +274,7 @@ impl Spool {
             commands,
             pending_keys,
             bytes,
+            is_full,
             max_bytes: config.max_bytes,
             metrics,
             shutdown,
@@ -315,6 +321,7 @@ impl Spool {
         }
         let used = self.bytes.load(Ordering::Relaxed);
         if used + frame.len() as u64 > self.max_bytes {
+            self.is_full.store(true, Ordering::Relaxed);
             self.metrics.full.set(1);
             self.metrics.overflow.inc();
             return Err(SpoolError::Full {
@@ -331,6 +338,7 @@ impl Spool {
             })
             .map_err(|_| SpoolError::Closed)?;
         let seq = answer.await.map_err(|_| SpoolError::Closed)??;
+        self.is_full.store(false, Ordering::Relaxed);
         self.metrics.full.set(0);
         Ok(seq)
     }
@@ -343,7 +351,7 @@ impl Spool {
 
     /// Whether the last append was refused for lack of room.
     pub fn is_full(&self) -> bool {
-        self.metrics.full.get() == 1
+        self.is_full.load(Ordering::Relaxed)
     }
 
     /// Stop forwarding (entries not yet confirmed stay in the log for the next start) and close

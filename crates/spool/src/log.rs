@@ -337,6 +337,8 @@ pub struct Gauges {
     /// Set by a refused append; cleared here once the log is back under half of `max_bytes`,
     /// so readiness recovers even when no delivery arrives to succeed.
     pub full: prometheus::IntGauge,
+    /// What `full` shows, as the spool reads it (a flag, not a metric).
+    pub is_full: Arc<std::sync::atomic::AtomicBool>,
     pub max_bytes: u64,
     /// Entries with work left, per key: what a delivery must not overtake.
     pub pending_keys: Arc<PendingKeys>,
@@ -690,7 +692,8 @@ impl<D: Dispatch> Writer<D> {
         let bytes = self.gauges.bytes.load(Ordering::Relaxed);
         self.gauges.entries.set(self.live.len() as i64);
         self.gauges.bytes_gauge.set(bytes as i64);
-        if self.gauges.full.get() == 1 && bytes <= self.gauges.max_bytes / 2 {
+        if self.gauges.is_full.load(Ordering::Relaxed) && bytes <= self.gauges.max_bytes / 2 {
+            self.gauges.is_full.store(false, Ordering::Relaxed);
             self.gauges.full.set(0);
         }
         let age = self

@@ -1,0 +1,309 @@
+//! cal-relay's delivery policy: what makes an accepted delivery safe. [`Acceptor::accept`]
+//! takes a routed message and its target sinks and de-duplicates it, appends it to the spool
+//! (safe once fsync'd) or publishes it to every sink (safe once each confirmed), falls back to
+//! publishing when the spool refuses, and never lets a message overtake entries its key has
+//! waiting. It says what happened as an [`Outcome`]. It must not know about HTTP (the front end
+//! turns outcomes into answers), Cal.com fields or any broker: sinks are the `Sink` trait.
+
+mod dedup;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cal_relay_sink::{Message, Sink, SinkError};
+use cal_relay_spool::{Spool, SpoolError};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec};
+
+pub use dedup::Dedup;
+
+/// The publish metrics the acceptor keeps: `{sink, trigger}`, `{sink, trigger, reason}`,
+/// `{sink}`, and repeats not published again.
+#[derive(Clone)]
+pub struct AcceptMetrics {
+    pub published: IntCounterVec,
+    pub publish_errors: IntCounterVec,
+    pub publish_duration: HistogramVec,
+    pub duplicates: IntCounter,
+}
+
+/// What became of a delivery.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Its id was accepted within the de-duplication window: not published again.
+    Duplicate,
+    /// Appended to the spool and fsync'd; forwarded later.
+    Spooled { seq: u64 },
+    /// Every target sink confirmed it (after the spool refused it, when `spool_error`).
+    Published { spool_error: Option<SpoolError> },
+    /// The spool refused it and its key has entries waiting there: not published (it would
+    /// overtake them). The sender should retry.
+    KeyWaiting { error: SpoolError },
+    /// A sink did not confirm it (the others may have it); the spool's refusal when the
+    /// publish was a fallback.
+    Failed {
+        failures: Vec<(String, SinkError)>,
+        spool_error: Option<SpoolError>,
+    },
+}
+
+/// A delivery to make safe: the message, the sinks it goes to, a bounded label for metrics,
+/// and whether a repeat of its id may be dropped (not for bodies that carry no time of their
+/// own, which may be different events with identical bytes).
+pub struct Delivery<'a> {
+    pub message: &'a Message,
+    pub targets: &'a [String],
+    pub label: &'a str,
+    pub dedupable: bool,
+}
+
+/// The delivery policy: confirm mode without a spool, spool mode with one.
+pub struct Acceptor {
+    sinks: BTreeMap<String, Arc<dyn Sink>>,
+    spool: Option<Arc<Spool>>,
+    dedup: Option<Dedup>,
+    metrics: AcceptMetrics,
+}
+
+impl Acceptor {
+    pub fn new(
+        sinks: BTreeMap<String, Arc<dyn Sink>>,
+        spool: Option<Arc<Spool>>,
+        dedup: Option<Dedup>,
+        metrics: AcceptMetrics,
+    ) -> Acceptor {
+        Acceptor {
+            sinks,
+            spool,
+            dedup,
+            metrics,
+        }
+    }
+
+    pub fn sinks(&self) -> &BTreeMap<String, Arc<dyn Sink>> {
+        &self.sinks
+    }
+
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.spool.as_ref()
+    }
+
+    /// Make `delivery` safe, or say why it is not.
+    pub async fn accept(&self, delivery: Delivery<'_>) -> Outcome {
+        let message = delivery.message;
+        let dedup = self.dedup.as_ref().filter(|_| delivery.dedupable);
+        if dedup.is_some_and(|d| d.seen(&message.id, Instant::now())) {
+            self.metrics.duplicates.inc();
+            return Outcome::Duplicate;
+        }
+        let mut spool_error = None;
+        if let Some(spool) = &self.spool {
+            match spool
+                .accept(message, delivery.targets, delivery.label)
+                .await
+            {
+                Ok(seq) => {
+                    remember(dedup, &message.id);
+                    return Outcome::Spooled { seq };
+                }
+                // Publishing directly would overtake what this key has waiting.
+                Err(error) if spool.has_pending(message.key.as_deref()) => {
+                    tracing::warn!(delivery_id = %message.id, reason = error.reason(), %error, "spool refused and the key has deliveries waiting");
+                    return Outcome::KeyWaiting { error };
+                }
+                Err(error) => {
+                    tracing::warn!(delivery_id = %message.id, reason = error.reason(), %error, "spool refused; publishing directly");
+                    spool_error = Some(error);
+                }
+            }
+        }
+        let failures = self.publish(&delivery).await;
+        if failures.is_empty() {
+            remember(dedup, &message.id);
+            Outcome::Published { spool_error }
+        } else {
+            Outcome::Failed {
+                failures,
+                spool_error,
+            }
+        }
+    }
+
+    /// Publish to every target sink at once; the failures, by sink name.
+    async fn publish(&self, delivery: &Delivery<'_>) -> Vec<(String, SinkError)> {
+        let m = &self.metrics;
+        let jobs = delivery.targets.iter().filter_map(|name| {
+            let (name, sink) = self.sinks.get_key_value(name)?;
+            Some(async move {
+                let started = Instant::now();
+                let result = sink.publish(delivery.message).await;
+                m.publish_duration
+                    .with_label_values(&[name.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                match &result {
+                    Ok(()) => m
+                        .published
+                        .with_label_values(&[name.as_str(), delivery.label])
+                        .inc(),
+                    Err(e) => m
+                        .publish_errors
+                        .with_label_values(&[name.as_str(), delivery.label, e.reason])
+                        .inc(),
+                }
+                (name, result)
+            })
+        });
+        futures_util::future::join_all(jobs)
+            .await
+            .into_iter()
+            .filter_map(|(name, r)| r.err().map(|e| (name.clone(), e)))
+            .collect()
+    }
+
+    /// Stop forwarding from the spool (what is not confirmed stays for the next start), then
+    /// flush and close every sink.
+    pub async fn shutdown(&self) {
+        if let Some(spool) = &self.spool {
+            spool.shutdown().await;
+        }
+        futures_util::future::join_all(self.sinks.values().map(|s| s.shutdown())).await;
+    }
+}
+
+fn remember(dedup: Option<&Dedup>, id: &str) {
+    if let Some(dedup) = dedup {
+        dedup.insert(id, Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    /// A stand-in sink (unit tests only): confirms, or fails transiently, and counts.
+    struct Stub {
+        fail: bool,
+        published: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Stub {
+        fn kind(&self) -> &'static str {
+            "stub"
+        }
+        async fn publish(&self, _: &Message) -> Result<(), SinkError> {
+            self.published.fetch_add(1, Ordering::Relaxed);
+            if self.fail {
+                Err(SinkError::transient("down", "stub down"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn metrics() -> AcceptMetrics {
+        let vec =
+            |labels: &[&str]| IntCounterVec::new(prometheus::Opts::new("x", "x"), labels).unwrap();
+        AcceptMetrics {
+            published: vec(&["sink", "trigger"]),
+            publish_errors: vec(&["sink", "trigger", "reason"]),
+            publish_duration: HistogramVec::new(
+                prometheus::HistogramOpts::new("d", "d"),
+                &["sink"],
+            )
+            .unwrap(),
+            duplicates: IntCounter::new("dup", "dup").unwrap(),
+        }
+    }
+
+    fn message(id: &str) -> Message {
+        Message {
+            id: id.into(),
+            destination: "cal.ping".into(),
+            key: None,
+            headers: vec![],
+            content_type: "application/json".into(),
+            body: "{}".into(),
+            json_checked: true,
+            received_at: SystemTime::now(),
+            event: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn confirm_mode_publishes_once_and_answers_repeats_as_duplicates() {
+        let ok = Arc::new(Stub {
+            fail: false,
+            published: AtomicUsize::new(0),
+        });
+        let down = Arc::new(Stub {
+            fail: true,
+            published: AtomicUsize::new(0),
+        });
+        let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
+        sinks.insert("ok".into(), ok.clone());
+        sinks.insert("down".into(), down.clone());
+        let acceptor = Acceptor::new(
+            sinks,
+            None,
+            Some(Dedup::new(Duration::from_secs(60), 100)),
+            metrics(),
+        );
+        let to_ok = ["ok".to_owned()];
+        let delivery = |m, dedupable| Delivery {
+            message: m,
+            targets: &to_ok,
+            label: "PING",
+            dedupable,
+        };
+        let m = message("a");
+        assert!(matches!(
+            acceptor.accept(delivery(&m, true)).await,
+            Outcome::Published { spool_error: None }
+        ));
+        assert!(matches!(
+            acceptor.accept(delivery(&m, true)).await,
+            Outcome::Duplicate
+        ));
+        // Not de-duplicable (a template body): published again.
+        assert!(matches!(
+            acceptor.accept(delivery(&m, false)).await,
+            Outcome::Published { .. }
+        ));
+        assert_eq!(ok.published.load(Ordering::Relaxed), 2);
+
+        let both = ["ok".to_owned(), "down".to_owned()];
+        let m = message("b");
+        let outcome = acceptor
+            .accept(Delivery {
+                message: &m,
+                targets: &both,
+                label: "PING",
+                dedupable: true,
+            })
+            .await;
+        let Outcome::Failed {
+            failures,
+            spool_error: None,
+        } = outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].0, "down");
+        // A failed delivery is not remembered: its retry is published.
+        assert!(matches!(
+            acceptor
+                .accept(Delivery {
+                    message: &m,
+                    targets: &to_ok,
+                    label: "PING",
+                    dedupable: true
+                })
+                .await,
+            Outcome::Published { .. }
+        ));
+    }
+}
