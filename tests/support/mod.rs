@@ -160,6 +160,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct free loopback ports: all bound at once, then released (one at a time, two
+/// calls of [`free_port`] may return the same port).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 /// `[delivery]` in spool mode with the log under the relay's directory; `extra` adds keys.
 pub fn spool_section(extra: &str) -> String {
     format!("\n[delivery]\nmode = \"spool\"\ndir = \"{{dir}}/spool\"\n{extra}\n")

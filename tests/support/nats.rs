@@ -85,7 +85,22 @@ impl ClusterNode {
             .spawn()
             .expect("nats-server must be installed: run scripts/test.sh");
         self.child = Some(child);
-        super::wait_port(self.port, "nats-server", 20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default();
+                panic!(
+                    "nats-server {} did not start on port {} ({exited:?}): {log}",
+                    self.name, self.port
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     pub fn kill(&mut self) {
@@ -103,9 +118,9 @@ impl ClusterNode {
 impl NatsCluster {
     pub fn start() -> NatsCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..3)
-            .map(|_| (super::free_port(), super::free_port()))
-            .collect();
+        // Six distinct ports (client and cluster per node): a repeat would stop a node.
+        let free = super::free_ports(6);
+        let ports: Vec<(u16, u16)> = free.chunks(2).map(|p| (p[0], p[1])).collect();
         let mut nodes = Vec::new();
         for (i, (port, cluster_port)) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
