@@ -44,7 +44,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay.
-    Serve,
+    Serve {
+        /// Also reload when the configuration file changes (checked every second), as on
+        /// SIGHUP: for a mounted ConfigMap.
+        #[arg(long)]
+        watch_config: bool,
+    },
     /// Validate the configuration and print the effective routes (secrets redacted).
     CheckConfig,
     /// Print the JSON Schema of a trigger's messages, or of every known trigger (an object by
@@ -153,13 +158,13 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve => {
+        Command::Serve { watch_config } => {
             let loaded = load(cli.config.as_deref())?;
             init_logging(&loaded.config);
             if let Some(warning) = loaded.env_warning() {
                 tracing::warn!("{warning}");
             }
-            serve(loaded.config, cli.config.clone()).await?;
+            serve(loaded.config, cli.config.clone(), watch_config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
@@ -583,7 +588,7 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
     validate(&config)?;
     // In the order the parts depend on each other: metrics, sinks, the spool over them, the
     // delivery policy over both, then the relay in front.
@@ -634,6 +639,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         tls.clone(),
         relay.clone(),
         path,
+        watch,
         config.clone(),
         reloads,
     ));
@@ -746,6 +752,7 @@ async fn reload_on_hangup(
     tls: Option<Arc<cal_relay_server::Tls>>,
     relay: Arc<Relay>,
     path: Option<PathBuf>,
+    watch: bool,
     started: Config,
     reloads: Reloads,
 ) {
@@ -755,7 +762,35 @@ async fn reload_on_hangup(
         else {
             return;
         };
-        while hup.recv().await.is_some() {
+        // With --watch-config: the file the configuration came from, and how it looked.
+        let default = Path::new(DEFAULT_CONFIG);
+        let watched = path
+            .clone()
+            .or_else(|| default.is_file().then(|| default.to_path_buf()))
+            .filter(|_| watch);
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut last = watched.as_deref().map(stamp);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let trigger = tokio::select! {
+                signal = hup.recv() => match signal {
+                    Some(()) => "SIGHUP",
+                    None => break,
+                },
+                _ = tick.tick(), if watched.is_some() => {
+                    let now = watched.as_deref().map(stamp);
+                    if now == last {
+                        continue;
+                    }
+                    last = now;
+                    "the configuration file changed"
+                }
+            };
+            tracing::info!(trigger, "reloading the configuration");
             match reload(&relay, path.as_deref(), &started) {
                 Ok(new) => {
                     reloads.total.with_label_values(&["ok"]).inc();
@@ -779,7 +814,7 @@ async fn reload_on_hangup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (tls, relay, path, started, reloads);
+    let _ = (tls, relay, path, watch, started, reloads);
 }
 
 async fn shutdown_signal() {

@@ -213,3 +213,25 @@ async fn sighup_rotates_a_secret_and_moves_a_route_without_a_failed_request() {
     assert!(subjects("after-old").is_empty());
     assert_eq!(messages.len(), sent + 2, "every accepted delivery once");
 }
+
+#[tokio::test]
+async fn watch_config_reloads_when_the_file_changes() {
+    let nats = NatsServer::start();
+    let relay =
+        RelayProcess::start_with_args(&config(&nats.url(), &[OLD], None), &["--watch-config"])
+            .await;
+    assert_eq!(send(&relay, NEW, "before").await, 401);
+    // What a ConfigMap update does to the mounted file: it changes, no signal is sent.
+    write_config(&relay, &config(&nats.url(), &[NEW], None));
+    wait_reloads(&relay, "ok", 1.0).await;
+    assert_eq!(send(&relay, NEW, "after").await, 200);
+    assert_eq!(send(&relay, OLD, "old").await, 401);
+    // An unchanged file is not reloaded again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        relay
+            .metric("cal_relay_config_reloads_total{result=\"ok\"}")
+            .await,
+        1.0
+    );
+}

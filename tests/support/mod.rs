@@ -227,6 +227,8 @@ pub struct RelayProcess {
     pub config_path: PathBuf,
     log_path: PathBuf,
     env: Vec<(String, String)>,
+    /// Extra arguments of `serve` (e.g. `--watch-config`).
+    args: Vec<String>,
 }
 
 impl RelayProcess {
@@ -243,6 +245,13 @@ impl RelayProcess {
     /// Like [`RelayProcess::start`], with extra environment variables.
     pub async fn start_with_env(config: &str, env: &[(String, String)]) -> RelayProcess {
         Self::start_full(tempfile::tempdir().unwrap(), config, env).await
+    }
+
+    /// Like [`RelayProcess::start`], with extra arguments of `serve`.
+    pub async fn start_with_args(config: &str, args: &[&str]) -> RelayProcess {
+        let mut relay = Self::launch_with(tempfile::tempdir().unwrap(), config, &[], args).await;
+        relay.wait_healthy().await;
+        relay
     }
 
     /// Start without the plain-HTTP health check (a TLS listener): wait for the port only.
@@ -265,6 +274,16 @@ impl RelayProcess {
         config: &str,
         env: &[(String, String)],
     ) -> RelayProcess {
+        Self::launch_with(dir, config, env, &[]).await
+    }
+
+    async fn launch_with(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(String, String)],
+        args: &[&str],
+    ) -> RelayProcess {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let config = config
@@ -274,12 +293,13 @@ impl RelayProcess {
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("relay.log");
         let mut relay = RelayProcess {
-            child: spawn(&config_path, &log_path, env),
+            child: spawn(&config_path, &log_path, env, &args),
             addr,
             dir,
             config_path,
             log_path,
             env: env.to_vec(),
+            args,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(addr).is_err() {
@@ -300,7 +320,7 @@ impl RelayProcess {
     pub async fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(&self.config_path, &self.log_path, &self.env);
+        self.child = spawn(&self.config_path, &self.log_path, &self.env, &self.args);
         self.wait_healthy().await;
     }
 
@@ -397,7 +417,7 @@ pub fn relay_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cal-relay")))
 }
 
-fn spawn(config: &Path, log: &Path, env: &[(String, String)]) -> Child {
+fn spawn(config: &Path, log: &Path, env: &[(String, String)], args: &[String]) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -409,6 +429,7 @@ fn spawn(config: &Path, log: &Path, env: &[(String, String)]) -> Child {
         .current_dir(config.parent().unwrap_or(Path::new(".")))
         .args(["serve", "--config"])
         .arg(config)
+        .args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
