@@ -157,10 +157,13 @@ cluster {{
                 config,
             });
         }
-        for n in &mut nodes {
+        // Owned by the cluster before any starts: if one fails to, dropping the cluster
+        // stops those already running.
+        let mut cluster = NatsCluster { nodes, dir };
+        for n in &mut cluster.nodes {
             n.up();
         }
-        NatsCluster { nodes, dir }
+        cluster
     }
 
     /// Every node's URL, for a client's server list.
