@@ -793,14 +793,15 @@ async fn reload_on_hangup(
             tracing::info!(trigger, "reloading the configuration");
             match reload(&relay, path.as_deref(), &started) {
                 Ok(new) => {
+                    let hash = config_hash(&new);
                     reloads.total.with_label_values(&["ok"]).inc();
                     reloads.info.reset();
-                    reloads.info.with_label_values(&[&config_hash(&new)]).set(1);
-                    tracing::info!(hash = %config_hash(&new), "SIGHUP: configuration reloaded");
+                    reloads.info.with_label_values(&[&hash]).set(1);
+                    tracing::info!(trigger, %hash, "configuration reloaded");
                 }
                 Err(e) => {
                     reloads.total.with_label_values(&["error"]).inc();
-                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: configuration refused; the running one stays");
+                    tracing::error!(trigger, error = %format!("{e:#}"), "configuration refused; the running one stays");
                 }
             }
             if let Some(t) = &tls {

@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -33,28 +31,13 @@ fn decode(
         "key": key,
         "body_b64": base64::engine::general_purpose::STANDARD.encode(body),
     });
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/cloudevent.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 with the cloudevents SDK: run scripts/test.sh");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the SDK refused the message: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, out, err) = run_interop(
+        "python3",
+        &["tests/interop/cloudevent.py"],
+        input.to_string().as_bytes(),
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    assert!(ok, "the SDK refused the message: {err}");
+    serde_json::from_str(&out).unwrap()
 }
 
 /// A BOOKING_CREATED delivery for booking `uid`, and what its event must say.

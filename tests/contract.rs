@@ -6,9 +6,8 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
 use support::*;
@@ -17,23 +16,10 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Run `program args` with `input` on stdin; its stdout, or a panic with its stderr.
-fn run(program: &str, args: &[&str], env: &[(&str, &str)], input: &[u8]) -> (bool, String) {
-    let mut child = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e} (scripts/test.sh installs it)"));
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+/// A checker's stdout then stderr, and whether it succeeded.
+fn run(program: &str, args: &[&str], input: &[u8]) -> (bool, String) {
+    let (ok, out, err) = run_interop(program, args, input);
+    (ok, out + &err)
 }
 
 fn schema_of(trigger: &str) -> Value {
@@ -57,12 +43,7 @@ async fn every_fixture_as_published_validates_against_its_trigger_schema() {
         .filter(|f| f.trigger().is_some())
         .collect();
     for f in &fixtures {
-        let (status, body) = post(
-            relay.addr,
-            Post::signed(SOURCE_PATH, &fixture_secret(), &f.body, f.content_type()),
-        )
-        .await
-        .unwrap();
+        let (status, body) = post_fixture(relay.addr, f).await;
         assert_eq!(status, 200, "{body}");
     }
     let lines = read_lines(&relay.path("events.jsonl"));
@@ -77,7 +58,6 @@ async fn every_fixture_as_published_validates_against_its_trigger_schema() {
     let (ok, out) = run(
         "python3",
         &["tests/interop/validate_schema.py"],
-        &[],
         json!(items).to_string().as_bytes(),
     );
     assert!(ok, "{out}");
@@ -96,7 +76,6 @@ async fn every_fixture_as_published_validates_against_its_trigger_schema() {
     let (_, out) = run(
         "python3",
         &["tests/interop/validate_schema.py"],
-        &[],
         json!([{ "schema": schema_of(trigger), "instance": bad }])
             .to_string()
             .as_bytes(),
@@ -141,7 +120,6 @@ fn the_asyncapi_document_of_every_shipped_config_passes_the_official_parser() {
         let (ok, report) = run(
             "node",
             &["tests/interop/asyncapi-validate.mjs"],
-            &[],
             &out.stdout,
         );
         assert!(ok, "{}: {report}", config.display());

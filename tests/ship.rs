@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use support::{fixture_secret, fixtures, post, Post, RelayProcess, SOURCE_PATH};
+use support::{fixtures, post_fixture, RelayProcess, SOURCE_PATH};
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn root() -> PathBuf {
@@ -706,12 +706,7 @@ async fn kubernetes_service_link_variables_are_ignored_with_a_warning() {
         .into_iter()
         .find(|f| f.trigger() == Some("BOOKING_CREATED"))
         .unwrap();
-    let (status, body) = post(
-        relay.addr,
-        Post::signed(SOURCE_PATH, &fixture_secret(), &f.body, f.content_type()),
-    )
-    .await
-    .unwrap();
+    let (status, body) = post_fixture(relay.addr, &f).await;
     assert_eq!(status, 200, "{body}");
     let lines = support::read_lines(&relay.path("events.jsonl"));
     assert_eq!(lines.len(), 1);

@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
         let encoded = rec.encode();
         // A PUT decodes with json_checked = false and encodes the same fields back.
         let (body, _) = read_frame(&encoded).expect("an encoded record has a valid frame");
-        assert_eq!(Record::decode(body).as_ref(), Some(&rec), "record does not round-trip");
+        assert_eq!(
+            Record::decode(body).as_ref(),
+            Some(&rec),
+            "record does not round-trip"
+        );
         if encoded.len() == used {
             assert_eq!(encoded, &data[at..at + used], "record does not round-trip");
         }

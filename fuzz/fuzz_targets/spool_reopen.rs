@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cal_relay_sink::Message;
-use cal_relay_spool::log::{read_entry, scan, segment_path};
+use cal_relay_spool::log::{read_entry, scan, segment_path, Scan};
 use cal_relay_spool::record::{Entry, Record};
 use libfuzzer_sys::fuzz_target;
 
@@ -32,6 +32,18 @@ fn entry(seq: u64, key: u8, body: &[u8]) -> Entry {
             event: vec![(Cow::Borrowed("type"), "com.cal.booking_created".into())],
         },
     }
+}
+
+/// What a scan left pending: only slots are kept in memory; each reads back as the entry
+/// written, less the sinks done.
+fn pending_entries(dir: &std::path::Path, scan: &Scan) -> Vec<Entry> {
+    scan.pending
+        .values()
+        .map(|s| Entry {
+            targets: s.targets.to_vec(),
+            ..read_entry(dir, &s.location()).expect("read back")
+        })
+        .collect()
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -101,15 +113,7 @@ fuzz_target!(|input: &[u8]| {
         .expect("a tmpfs directory");
     std::fs::write(segment_path(dir.path(), 1), &damaged).expect("write segment");
     let opened = scan(dir.path(), true).expect("scan");
-    // Only slots are kept in memory; each reads back as the entry written, less the sinks done.
-    let got: Vec<Entry> = opened
-        .pending
-        .values()
-        .map(|s| Entry {
-            targets: s.targets.to_vec(),
-            ..read_entry(dir.path(), &s.location()).expect("read back")
-        })
-        .collect();
+    let got = pending_entries(dir.path(), &opened);
     // Everything before the damage is kept; nothing damaged is yielded. (A bit flip that
     // leaves the frame intact is impossible: CRC-32 detects every single-bit error.)
     assert_eq!(got, expected, "pending entries after opening a damaged log");
@@ -122,13 +126,5 @@ fuzz_target!(|input: &[u8]| {
         "repair left damage: {:?}",
         again.damaged
     );
-    let got2: Vec<Entry> = again
-        .pending
-        .values()
-        .map(|s| Entry {
-            targets: s.targets.to_vec(),
-            ..read_entry(dir.path(), &s.location()).expect("read back")
-        })
-        .collect();
-    assert_eq!(got2, expected);
+    assert_eq!(pending_entries(dir.path(), &again), expected);
 });

@@ -160,6 +160,40 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Run one of the third-party checkers in `tests/interop` (`program` with `args`, from the
+/// repository's root) with `input` on stdin: whether it succeeded, and its stdout (then its
+/// stderr).
+pub fn run_interop(program: &str, args: &[&str], input: &[u8]) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} (scripts/test.sh installs it)"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// POST fixture `f` to the fixture source of `addr`, signed as Cal.com signs it.
+pub async fn post_fixture(addr: SocketAddr, f: &Fixture) -> (u16, String) {
+    post(
+        addr,
+        Post::signed(SOURCE_PATH, &fixture_secret(), &f.body, f.content_type()),
+    )
+    .await
+    .unwrap()
+}
+
 /// `n` distinct free loopback ports: all bound at once, then released (one at a time, two
 /// calls of [`free_port`] may return the same port).
 pub fn free_ports(n: usize) -> Vec<u16> {

@@ -61,32 +61,18 @@ pub fn percent_encode(value: &str) -> Cow<'_, str> {
 /// The message as a structured-mode event: its attributes, `datacontenttype`, and the body as
 /// `data` (its bytes embedded as they are when it is JSON) or `data_base64`.
 pub fn structured(message: &Message) -> Vec<u8> {
-    use serde_json::Value;
     let mut out = Vec::with_capacity(message.body.len() + 512);
     out.push(b'{');
-    let mut first = true;
-    let mut field = |out: &mut Vec<u8>, name: &str, value: &str| {
-        if !first {
+    let attrs = attributes(message).chain([(DATACONTENTTYPE, message.content_type.as_str())]);
+    for (i, (name, value)) in attrs.enumerate() {
+        if i > 0 {
             out.push(b',');
         }
-        first = false;
-        // Strings always serialize.
-        out.extend_from_slice(
-            serde_json::to_string(&Value::from(name))
-                .unwrap_or_default()
-                .as_bytes(),
-        );
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, name);
         out.push(b':');
-        out.extend_from_slice(
-            serde_json::to_string(&Value::from(value))
-                .unwrap_or_default()
-                .as_bytes(),
-        );
-    };
-    for (name, value) in attributes(message) {
-        field(&mut out, name, value);
+        let _ = serde_json::to_writer(&mut out, value);
     }
-    field(&mut out, DATACONTENTTYPE, &message.content_type);
     let json = message.json_checked || crate::json::is_json(&message.body);
     if json && message.content_type.contains("json") {
         out.extend_from_slice(b",\"data\":");
