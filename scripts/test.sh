@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
 echo "== toolchain: $(cargo --version)"
+# A cold run writes about 5 GB (target/ and fuzz/target/); a full disk shows up as linker bus
+# errors and "No space left on device", so say how much there is before starting.
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+echo "== disk: $((free_kb / 1024 / 1024)) GiB free here"
+[ "$free_kb" -ge $((6 * 1024 * 1024)) ] || echo "warning: under 6 GiB free; a cold run may fill the disk" >&2
 
 # Machine-level prerequisites, installed only when missing.
 apt_missing=()
