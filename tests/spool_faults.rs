@@ -396,3 +396,86 @@ async fn a_stuck_entry_holds_up_only_its_own_key() {
     wait_drained(&relay).await;
     assert_eq!(stream_messages(&nats.url(), "PINGS").await.len(), 1);
 }
+
+/// An entry a broker keeps refusing (with a long `max_age_secs`) does not pin the log: the
+/// segments behind it are reclaimed by copying it forward, so a 1 MiB spool takes 1.8 MB of
+/// deliveries that flow past it, and a restart finds only the stuck entry still to send.
+#[tokio::test]
+async fn compaction_reclaims_the_segments_behind_a_stuck_entry() {
+    use async_nats::jetstream::{self, stream};
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(stream::Config {
+        name: "PINGS".into(),
+        subjects: vec!["cal.ping".into()],
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.create_stream(stream::Config {
+        name: "CAL".into(),
+        subjects: vec!["cal.booking.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sink = format!(
+        "type = \"nats\"\nurl = \"{}\"\nack_timeout_ms = 1000",
+        nats.url()
+    );
+    let mut relay = RelayProcess::start(
+        &(one_sink_config("bus", &sink)
+            + &spool_section(
+                "max_bytes = 1048576\nmax_age_secs = 3600\nretry_initial_ms = 100\nretry_max_ms = 300",
+            )),
+    )
+    .await;
+    let ping = |n: u32| {
+        format!(r#"{{"triggerEvent":"PING","createdAt":"2026-12-01T00:00:00.000Z","payload":{{"n":{n}}}}}"#)
+            .into_bytes()
+    };
+    for n in 0..2 {
+        let (status, text) = post(relay.addr, signed_booking(&ping(n))).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+    }
+    // About 3 KB each in the log: 1.8 MB in all, more than the spool's max_bytes.
+    let bookings = 600u64;
+    for n in 0..bookings {
+        let body = booking(&format!("b-{n}"), n);
+        let (status, text) = post(relay.addr, signed_booking(&body)).await.unwrap();
+        assert_eq!(status, 202, "booking {n}: {text}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while relay.metric("cal_relay_spool_entries").await > 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "never drained to the stuck entry: {}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stream_messages(&nats.url(), "CAL").await.len() as u64,
+        bookings
+    );
+    assert!(relay.metric("cal_relay_spool_compacted_total").await >= 1.0);
+    let bytes = relay.metric("cal_relay_spool_bytes").await;
+    assert!(bytes < 512.0 * 1024.0, "the log still holds {bytes} bytes");
+    // A kill and a restart: the stuck entry is still to send, and nothing else is.
+    relay.restart().await;
+    assert_eq!(
+        relay.metric("cal_relay_spool_entries").await,
+        1.0,
+        "{}",
+        relay.log()
+    );
+    let listed = relay.spool_list();
+    assert!(listed.contains("cal.ping"), "{listed}");
+    assert_eq!(
+        stream_messages(&nats.url(), "CAL").await.len() as u64,
+        bookings
+    );
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cal_relay_sink::{Sink, SinkError};
 use tokio::sync::{mpsc, watch};
 
-use crate::log::{Command, Dispatch, Location, Slot};
+use crate::log::{Command, Dispatch, Location, Relocations, Slot};
 use crate::record::{DeadLetter, Entry};
 use crate::SpoolMetrics;
 
@@ -128,6 +128,8 @@ impl Dispatch for Lanes {
 /// What every lane shares.
 pub struct Context {
     pub dir: PathBuf,
+    /// Where compaction moved entries to (a queued location may name a deleted segment).
+    pub relocations: Arc<Relocations>,
     pub policy: RetryPolicy,
     pub metrics: SpoolMetrics,
     pub commands: Sender<Command>,
@@ -261,7 +263,7 @@ async fn attempt(
             // Read in place: one small pread, from the page cache when the lane is not far
             // behind the writer (a blocking-pool thread per read would cost more, and each
             // such thread keeps its own allocator cache).
-            match crate::log::read_entry(&ctx.dir, &queued.at) {
+            match read_back(ctx, &queued.at) {
                 Ok(entry) => {
                     let entry = Arc::new(entry);
                     // Kept for its retries, outside the budget: only a lane's head (or a
@@ -278,6 +280,18 @@ async fn attempt(
         }
     };
     publish_once(ctx, name, sink, &entry, attempt).await
+}
+
+/// Read entry `at` back from the log, where compaction may have moved it (also while this read
+/// was under way: a read that fails is tried once more at the entry's new place).
+fn read_back(ctx: &Context, at: &Location) -> std::io::Result<Entry> {
+    let first = ctx.relocations.resolve(at);
+    match crate::log::read_entry(&ctx.dir, &first) {
+        Err(_) if ctx.relocations.resolve(at) != first => {
+            crate::log::read_entry(&ctx.dir, &ctx.relocations.resolve(at))
+        }
+        result => result,
+    }
 }
 
 /// An entry whose PUT cannot be read back (the disk failed under it): retried like a failed

@@ -86,6 +86,7 @@ pub struct SpoolMetrics {
     oldest_age: Gauge,
     full: IntGauge,
     overflow: IntCounter,
+    compacted: IntCounter,
 }
 
 impl SpoolMetrics {
@@ -116,6 +117,11 @@ impl SpoolMetrics {
             "Deliveries the full spool could not take (published directly instead, or 503).",
         )?;
         registry.register(Box::new(overflow.clone()))?;
+        let compacted = IntCounter::new(
+            "cal_relay_spool_compacted_total",
+            "Pending entries copied forward so that the segment they were in could be deleted.",
+        )?;
+        registry.register(Box::new(compacted.clone()))?;
         Ok(SpoolMetrics {
             published,
             publish_errors,
@@ -141,6 +147,7 @@ impl SpoolMetrics {
                 "1 while the spool refuses appends because it reached max_bytes.",
             )?,
             overflow,
+            compacted,
         })
     }
 }
@@ -207,8 +214,10 @@ impl Spool {
             }
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let relocations = Arc::new(log::Relocations::default());
         let ctx = Arc::new(forward::Context {
             dir: config.dir.clone(),
+            relocations: relocations.clone(),
             policy: config.retry.clone(),
             metrics: metrics.clone(),
             commands: commands.clone(),
@@ -227,6 +236,8 @@ impl Spool {
             is_full: is_full.clone(),
             max_bytes: config.max_bytes,
             pending_keys: pending_keys.clone(),
+            compacted: metrics.compacted.clone(),
+            relocations,
         };
         let replayed = scan.pending.len();
         for slot in scan.pending.values() {

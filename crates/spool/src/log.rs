@@ -6,12 +6,19 @@
 //! Memory does not grow with the backlog's bytes: per pending entry only a [`Slot`] (where its
 //! PUT is, which sinks it still has to reach, its key's hash) is kept; the entry itself is read
 //! back from its segment with [`read_entry`] when it is forwarded.
+//!
+//! Segments are deleted from the head only (a later segment may hold the DONEs of an earlier
+//! one's entries), so an entry that stays pending (a key a broker keeps refusing) would pin
+//! every segment behind it. Compaction prevents that: when the head segment's live entries are
+//! a small part of it and the log has grown past it, they are copied forward (same seq, the
+//! sinks still to reach) into the active segment, synced, and the head is deleted. A scan that
+//! meets both copies keeps the later one; the lanes find moved entries in [`Relocations`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -46,8 +53,58 @@ pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 pub struct Segment {
     pub id: u64,
     pub size: u64,
-    /// Entries written here that still have work.
+    /// Entries written here that still have work, and the bytes of their PUT frames.
     pub live: u64,
+    pub live_bytes: u64,
+}
+
+impl Segment {
+    fn add(&mut self, len: u32) {
+        self.live += 1;
+        self.live_bytes += u64::from(len);
+    }
+
+    fn remove(&mut self, len: u32) {
+        self.live = self.live.saturating_sub(1);
+        self.live_bytes = self.live_bytes.saturating_sub(u64::from(len));
+    }
+}
+
+/// Where the entries compaction copied forward are now, by seq: a lane's queued location may
+/// name a segment that is gone. Empty (one atomic load per lookup) unless something was moved.
+#[derive(Debug, Default)]
+pub struct Relocations {
+    moved: AtomicUsize,
+    map: std::sync::Mutex<std::collections::HashMap<u64, Location>>,
+}
+
+impl Relocations {
+    /// Where the entry queued at `at` is now.
+    pub fn resolve(&self, at: &Location) -> Location {
+        if self.moved.load(Ordering::Acquire) == 0 {
+            return *at;
+        }
+        self.lock().get(&at.seq).copied().unwrap_or(*at)
+    }
+
+    fn set(&self, at: Location) {
+        let mut map = self.lock();
+        map.insert(at.seq, at);
+        self.moved.store(map.len(), Ordering::Release);
+    }
+
+    fn forget(&self, seq: u64) {
+        if self.moved.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut map = self.lock();
+        map.remove(&seq);
+        self.moved.store(map.len(), Ordering::Release);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Location>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A pending entry as the spool remembers it: where its PUT frame is, and what is left to do.
@@ -257,11 +314,12 @@ pub fn scan(dir: &Path, repair: bool) -> io::Result<Scan> {
             id,
             size: at,
             live: 0,
+            live_bytes: 0,
         });
     }
     for slot in out.pending.values() {
         if let Some(s) = out.segments.iter_mut().find(|s| s.id == slot.segment) {
-            s.live += 1;
+            s.add(slot.len);
         }
     }
     Ok(out)
@@ -342,6 +400,9 @@ pub struct Gauges {
     pub max_bytes: u64,
     /// Entries with work left, per key: what a delivery must not overtake.
     pub pending_keys: Arc<PendingKeys>,
+    /// Entries copied forward by compaction.
+    pub compacted: prometheus::IntCounter,
+    pub relocations: Arc<Relocations>,
 }
 
 /// How many entries with work left each message key has (keys by hash).
@@ -430,6 +491,7 @@ impl<D: Dispatch> Writer<D> {
             id: next_id,
             size,
             live: 0,
+            live_bytes: 0,
         });
         gauges
             .bytes
@@ -545,7 +607,9 @@ impl<D: Dispatch> Writer<D> {
             Ok(()) => {
                 if let Some(active) = self.segments.back_mut() {
                     active.size += buf.len() as u64;
-                    active.live += puts.len() as u64;
+                    for (_, _, _, len) in &puts {
+                        active.add(*len as u32);
+                    }
                 }
                 self.gauges
                     .bytes
@@ -587,12 +651,12 @@ impl<D: Dispatch> Writer<D> {
         };
         live.targets = self.sets.without(&live.targets, sink);
         if live.targets.is_empty() {
-            let segment = live.segment;
-            let key = live.key;
+            let (segment, key, len) = (live.segment, live.key, live.len);
             self.live.remove(&seq);
             self.gauges.pending_keys.remove(key);
+            self.gauges.relocations.forget(seq);
             if let Some(s) = self.segments.iter_mut().find(|s| s.id == segment) {
-                s.live = s.live.saturating_sub(1);
+                s.remove(len);
             }
         }
     }
@@ -608,6 +672,21 @@ impl<D: Dispatch> Writer<D> {
             // any more: empty it in place, which gives the space back.
             self.reset_active();
         }
+        loop {
+            self.delete_finished_head();
+            let compactable = self.segments.len() >= 3
+                && self
+                    .segments
+                    .front()
+                    .is_some_and(|h| h.live > 0 && h.live_bytes.saturating_mul(4) <= h.size);
+            if !compactable || self.torn || !self.copy_head_forward() {
+                break;
+            }
+        }
+    }
+
+    /// Delete the segments at the head that hold no live entry (never the active one).
+    fn delete_finished_head(&mut self) {
         while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.live == 0) {
             let Some(seg) = self.segments.pop_front() else {
                 break;
@@ -628,6 +707,80 @@ impl<D: Dispatch> Writer<D> {
                 }
             }
         }
+    }
+
+    /// Copy the head segment's live entries to the end of the active one (each with the sinks it
+    /// still has to reach), synced, so the head holds nothing live and can be deleted. False
+    /// when that failed (nothing changed then: the copies are cut back or superseded by none).
+    fn copy_head_forward(&mut self) -> bool {
+        let Some(head) = self.segments.front().map(|s| s.id) else {
+            return false;
+        };
+        let size = self.segments.back().map(|s| s.size).unwrap_or(0);
+        let active_id = self.segments.back().map(|s| s.id).unwrap_or(0);
+        let mut buf = Vec::new();
+        let mut moved = Vec::new();
+        for slot in self.live.values().filter(|s| s.segment == head) {
+            let mut entry = match read_entry(&self.dir, &slot.location()) {
+                Ok(entry) => entry,
+                Err(e) => {
+                    tracing::warn!(error = %e, segment = head, "spool: cannot compact the head segment");
+                    return false;
+                }
+            };
+            entry.targets = slot.targets.to_vec();
+            let frame = Record::put_frame(&entry);
+            moved.push(Location {
+                seq: slot.seq,
+                segment: active_id,
+                offset: size + buf.len() as u64,
+                len: frame.len() as u32,
+            });
+            buf.extend_from_slice(&frame);
+        }
+        // Synced whatever `fsync` says: the head is deleted next, and the copies are then the
+        // only ones.
+        if let Err(e) = self
+            .active
+            .write_all(&buf)
+            .and_then(|()| self.active.sync_data())
+        {
+            tracing::error!(error = %e, "spool: compaction write failed");
+            if let Err(cut) = self.active.set_len(size) {
+                tracing::error!(error = %cut, "spool: cannot cut back a failed write; moving to a new segment");
+                self.torn = true;
+            }
+            return false;
+        }
+        self.gauges
+            .bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if let Some(active) = self.segments.back_mut() {
+            active.size += buf.len() as u64;
+        }
+        for at in &moved {
+            if let Some(slot) = self.live.get_mut(&at.seq) {
+                let old = slot.len;
+                slot.segment = at.segment;
+                slot.offset = at.offset;
+                slot.len = at.len;
+                if let Some(h) = self.segments.front_mut() {
+                    h.remove(old);
+                }
+                if let Some(a) = self.segments.back_mut() {
+                    a.add(at.len);
+                }
+            }
+            self.gauges.relocations.set(*at);
+        }
+        self.gauges.compacted.inc_by(moved.len() as u64);
+        tracing::info!(
+            segment = head,
+            entries = moved.len(),
+            bytes = buf.len(),
+            "spool: compacted the head segment (its live entries copied forward)"
+        );
+        true
     }
 
     /// Cut the active segment back to a lone START record (only when no entry is live).
@@ -676,7 +829,12 @@ impl<D: Dispatch> Writer<D> {
                 self.active = file;
                 self.torn = false;
                 self.gauges.bytes.fetch_add(size, Ordering::Relaxed);
-                self.segments.push_back(Segment { id, size, live: 0 });
+                self.segments.push_back(Segment {
+                    id,
+                    size,
+                    live: 0,
+                    live_bytes: 0,
+                });
                 true
             }
             Err(e) => {
@@ -737,6 +895,115 @@ mod tests {
         for r in records {
             f.write_all(&r.encode()).unwrap();
         }
+    }
+
+    struct Nowhere;
+    impl Dispatch for Nowhere {
+        fn dispatch(&mut self, _: &Slot, _: Option<Arc<Entry>>) {}
+    }
+
+    fn gauges() -> Gauges {
+        let gauge = |n: &str| prometheus::IntGauge::new(n, "x").unwrap();
+        Gauges {
+            bytes: Arc::new(AtomicU64::new(0)),
+            entries: gauge("e"),
+            bytes_gauge: gauge("b"),
+            oldest_age: prometheus::Gauge::new("o", "x").unwrap(),
+            full: gauge("f"),
+            is_full: Arc::default(),
+            max_bytes: 1024 * 1024,
+            pending_keys: Arc::default(),
+            compacted: prometheus::IntCounter::new("c", "x").unwrap(),
+            relocations: Arc::default(),
+        }
+    }
+
+    fn put(commands: &std::sync::mpsc::Sender<Command>, entry: Entry) -> u64 {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let frame = Record::put_frame(&entry);
+        commands
+            .send(Command::Put {
+                entry: Box::new(entry),
+                frame,
+                reply,
+            })
+            .unwrap();
+        done.blocking_recv().unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_stuck_entry_is_copied_forward_and_pins_no_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = gauges();
+        let (compacted, relocations) = (g.compacted.clone(), g.relocations.clone());
+        let writer =
+            Writer::new(dir.path(), Scan::default(), false, 1024 * 1024, Nowhere, g).unwrap();
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || writer.run(receiver));
+        // The stuck entry reached sink "a", never "b".
+        let stuck = put(&commands, entry(0, "stuck"));
+        let sink = |s: &str| s.to_string();
+        commands
+            .send(Command::Done {
+                seq: stuck,
+                sink: sink("a"),
+            })
+            .unwrap();
+        // 64 KiB segments (1 MiB / 16): 4,000 entries that finish make many of them.
+        for n in 0..4000 {
+            let mut e = entry(0, &format!("k{n}"));
+            e.message.body = vec![b'x'; 200].into();
+            let seq = put(&commands, e);
+            for s in ["a", "b"] {
+                commands.send(Command::Done { seq, sink: sink(s) }).unwrap();
+            }
+        }
+        commands.send(Command::Stop).unwrap();
+        thread.join().unwrap();
+        assert!(compacted.get() >= 1, "never compacted");
+        let files = segments(dir.path()).unwrap().len();
+        assert!(files <= 3, "{files} segments left behind a stuck entry");
+        // The stuck entry survives, with only the sink it still has to reach, readable where
+        // the lanes are told it is now.
+        let scan = scan(dir.path(), false).unwrap();
+        let pending: Vec<_> = scan.pending.values().collect();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].seq, stuck);
+        assert_eq!(&*pending[0].targets, ["b".to_string()]);
+        let first = Location {
+            seq: stuck,
+            segment: 1,
+            offset: 0,
+            len: 0,
+        };
+        let back = read_entry(dir.path(), &relocations.resolve(&first)).unwrap();
+        assert_eq!(back.message.key.as_deref(), Some("stuck"));
+        assert_eq!(back.targets, ["b".to_string()]);
+    }
+
+    #[test]
+    fn a_scan_that_meets_an_entry_and_its_copy_keeps_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut copy = entry(1, "k");
+        copy.targets = vec!["b".into()];
+        append(
+            dir.path(),
+            &[
+                Record::Put(entry(1, "k")),
+                Record::Done {
+                    seq: 1,
+                    sink: "a".into(),
+                },
+                Record::Put(copy),
+            ],
+        );
+        let scan = scan(dir.path(), false).unwrap();
+        assert_eq!(scan.pending.len(), 1);
+        assert_eq!(&*scan.pending[&1].targets, ["b".to_string()]);
+        assert!(
+            scan.pending[&1].offset > 0,
+            "the copy's place, not the original's"
+        );
     }
 
     #[test]
