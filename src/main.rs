@@ -585,7 +585,43 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     if let Some(t) = &config.server.tls {
         cal_relay_server::Tls::load(t).context("server.tls")?;
     }
+    let t = &config.tracing;
+    if let Some(endpoint) = &t.otlp_endpoint {
+        cal_relay_telemetry::traces_url(endpoint)?;
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&t.sample_ratio),
+            "tracing.sample_ratio: must be between 0 and 1"
+        );
+        anyhow::ensure!(
+            t.queue_size > 0,
+            "tracing.queue_size: must be greater than 0"
+        );
+    }
     Ok(())
+}
+
+/// Start exporting traces when `[tracing] otlp_endpoint` is set.
+fn start_tracing(
+    config: &Config,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Option<cal_relay_telemetry::Exporting>> {
+    let t = &config.tracing;
+    let Some(endpoint) = &t.otlp_endpoint else {
+        return Ok(None);
+    };
+    let exporting = cal_relay_telemetry::install(
+        &cal_relay_telemetry::Settings {
+            endpoint: endpoint.clone(),
+            service_name: t.service_name.clone(),
+            sample_ratio: t.sample_ratio,
+            queue_size: t.queue_size,
+            export_interval: Duration::from_millis(t.export_interval_ms.max(1)),
+            timeout: Duration::from_millis(t.export_timeout_ms.max(1)),
+        },
+        cal_relay_telemetry::TraceMetrics::register(registry)?,
+    )?;
+    tracing::info!(endpoint = %cal_relay_sink::redact_url(endpoint), sample_ratio = t.sample_ratio, "exporting traces over OTLP/HTTP");
+    Ok(Some(exporting))
 }
 
 async fn serve(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
@@ -593,6 +629,7 @@ async fn serve(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::Re
     // In the order the parts depend on each other: metrics, sinks, the spool over them, the
     // delivery policy over both, then the relay in front.
     let metrics = cal_relay_server::Metrics::new()?;
+    let traces = start_tracing(&config, metrics.registry())?;
     let sinks = build_sinks(&config).await?;
     let spool = open_spool(&config, &sinks, &metrics)?;
     let acceptor = cal_relay_accept::Acceptor::new(
@@ -644,6 +681,10 @@ async fn serve(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::Re
         reloads,
     ));
     cal_relay_server::serve(listener, relay, &config.server, tls, shutdown_signal()).await;
+    if let Some(traces) = traces {
+        // Sends what is queued; blocking, so off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
     Ok(())
 }
 
@@ -718,6 +759,7 @@ fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("server.max_headers", a.max_headers != b.max_headers),
         ("sinks", differs(&started.sinks, &new.sinks)),
+        ("tracing", differs(&started.tracing, &new.tracing)),
         ("delivery", differs(&started.delivery, &new.delivery)),
         ("schema", differs(&started.schema, &new.schema)),
         ("log", differs(&started.log, &new.log)),
@@ -874,6 +916,18 @@ fn render_config(config: &Config) -> anyhow::Result<String> {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "(memory only)".into())
     )?;
+    let t = &config.tracing;
+    match &t.otlp_endpoint {
+        Some(endpoint) => writeln!(
+            out,
+            "tracing: OTLP/HTTP to {} service={} sample_ratio={} queue_size={}",
+            cal_relay_sink::redact_url(endpoint),
+            t.service_name,
+            t.sample_ratio,
+            t.queue_size
+        )?,
+        None => writeln!(out, "tracing: off")?,
+    }
     writeln!(out, "sources:")?;
     for (i, s) in config.sources.iter().enumerate() {
         let secrets = config.secrets_of(i)?.len();

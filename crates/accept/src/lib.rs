@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use cal_relay_sink::{Message, Sink, SinkError};
 use cal_relay_spool::{Spool, SpoolError};
+use cal_relay_telemetry::{attr, Kind, Trace};
 use prometheus::{HistogramVec, IntCounter, IntCounterVec};
 
 pub use dedup::Dedup;
@@ -48,13 +49,28 @@ pub enum Outcome {
 }
 
 /// A delivery to make safe: the message, the sinks it goes to, a bounded label for metrics,
-/// and whether a repeat of its id may be dropped (not for bodies that carry no time of their
-/// own, which may be different events with identical bytes).
+/// whether a repeat of its id may be dropped (not for bodies that carry no time of their own,
+/// which may be different events with identical bytes), and the span it is accepted in (the
+/// spool append and each publish are its children).
 pub struct Delivery<'a> {
     pub message: &'a Message,
     pub targets: &'a [String],
     pub label: &'a str,
     pub dedupable: bool,
+    pub trace: &'a Trace,
+}
+
+impl Outcome {
+    /// One word for what happened (a span attribute, a log field).
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Duplicate => "duplicate",
+            Outcome::Spooled { .. } => "spooled",
+            Outcome::Published { .. } => "published",
+            Outcome::KeyWaiting { .. } => "key_waiting",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
 }
 
 /// The delivery policy: confirm mode without a spool, spool mode with one.
@@ -98,10 +114,18 @@ impl Acceptor {
         }
         let mut spool_error = None;
         if let Some(spool) = &self.spool {
-            match spool
+            let span = delivery
+                .trace
+                .child("spool append", Kind::Internal, Vec::new());
+            let appended = spool
                 .accept(message, delivery.targets, delivery.label)
-                .await
-            {
+                .await;
+            match &appended {
+                Ok(seq) => span.set(attr("cal.spool.seq", *seq as i64)),
+                Err(e) => span.fail(e.to_string()),
+            }
+            span.end();
+            match appended {
                 Ok(seq) => {
                     remember(dedup, &message.id);
                     return Outcome::Spooled { seq };
@@ -136,7 +160,12 @@ impl Acceptor {
             let (name, sink) = self.sinks.get_key_value(name)?;
             Some(async move {
                 let started = Instant::now();
+                let span = delivery.trace.publish(name, sink.kind(), delivery.message);
                 let result = sink.publish(delivery.message).await;
+                if let Err(e) = &result {
+                    span.fail(e.to_string());
+                }
+                span.end();
                 m.publish_duration
                     .with_label_values(&[name.as_str()])
                     .observe(started.elapsed().as_secs_f64());
@@ -252,11 +281,13 @@ mod tests {
             metrics(),
         );
         let to_ok = ["ok".to_owned()];
+        let off = Trace::off();
         let delivery = |m, dedupable| Delivery {
             message: m,
             targets: &to_ok,
             label: "PING",
             dedupable,
+            trace: &off,
         };
         let m = message("a");
         assert!(matches!(
@@ -282,6 +313,7 @@ mod tests {
                 targets: &both,
                 label: "PING",
                 dedupable: true,
+                trace: &off,
             })
             .await;
         let Outcome::Failed {
@@ -300,7 +332,8 @@ mod tests {
                     message: &m,
                     targets: &to_ok,
                     label: "PING",
-                    dedupable: true
+                    dedupable: true,
+                    trace: &off,
                 })
                 .await,
             Outcome::Published { .. }

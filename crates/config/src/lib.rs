@@ -39,6 +39,37 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub schema: SchemaConfig,
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+/// `[tracing]`: OpenTelemetry traces, exported over OTLP/HTTP (protobuf). Off unless
+/// `otlp_endpoint` is set.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// `http://collector:4318` (`/v1/traces` is added to a URL without a path) or a full URL.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+    /// Share of new traces recorded, 0 to 1; a delivery whose sender sampled it is recorded.
+    pub sample_ratio: f64,
+    /// Finished spans waiting for export at most; beyond, spans are dropped and counted.
+    pub queue_size: usize,
+    pub export_interval_ms: u64,
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: None,
+            service_name: "cal-relay".into(),
+            sample_ratio: 1.0,
+            queue_size: 4096,
+            export_interval_ms: 1000,
+            export_timeout_ms: 5000,
+        }
+    }
 }
 
 /// `[schema]`: drift detection against the published JSON Schemas.

@@ -155,7 +155,21 @@ impl Source {
         routes: &'r RouteTable,
         inbound: Inbound<'_>,
     ) -> Result<Prepared<'r>, Rejection> {
-        self.verifier.verify(inbound.signature, &inbound.body)?;
+        self.verify(&inbound)?;
+        self.prepare_verified(routes, inbound)
+    }
+
+    /// Check `inbound`'s signature against this source's secrets.
+    pub fn verify(&self, inbound: &Inbound<'_>) -> Result<(), Rejection> {
+        Ok(self.verifier.verify(inbound.signature, &inbound.body)?)
+    }
+
+    /// Normalize and route `inbound`, whose signature [`Source::verify`] accepted.
+    pub fn prepare_verified<'r>(
+        &self,
+        routes: &'r RouteTable,
+        inbound: Inbound<'_>,
+    ) -> Result<Prepared<'r>, Rejection> {
         let id = delivery_id(&inbound.body);
         let normalized =
             normalize::normalize(inbound.body, inbound.content_type, inbound.received_at)?;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use cal_relay_accept::{Acceptor, Delivery, Outcome};
 use cal_relay_core::{Inbound, Prepared, Rejection, RouteTable, Source};
 use cal_relay_spool::SpoolError;
+use cal_relay_telemetry::{attr, Kind, Trace};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -364,11 +365,48 @@ impl Relay {
             .inc();
     }
 
+    /// Deliver in a server span (when tracing is on) whose parent is the request's W3C trace
+    /// context, and which ends with the answer's status.
     async fn deliver(
         &self,
         table: &Table,
         source: &Source,
         req: Request<Incoming>,
+    ) -> Response<Body> {
+        if !cal_relay_telemetry::enabled() {
+            return self.deliver_in(table, source, req, &Trace::off()).await;
+        }
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let path = req.uri().path().to_owned();
+        let trace = Trace::incoming(
+            format!("POST {path}"),
+            header("traceparent"),
+            header("tracestate"),
+            vec![
+                attr("http.request.method", "POST"),
+                attr("http.route", path),
+                attr("cal.source", source.name.clone()),
+            ],
+        );
+        let response = self.deliver_in(table, source, req, &trace).await;
+        let status = response.status();
+        trace.set(attr(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+        if status.is_server_error() {
+            trace.fail(status.to_string());
+        }
+        trace.end();
+        response
+    }
+
+    async fn deliver_in(
+        &self,
+        table: &Table,
+        source: &Source,
+        req: Request<Incoming>,
+        trace: &Trace,
     ) -> Response<Body> {
         let started = Instant::now();
         self.metrics
@@ -406,10 +444,30 @@ impl Relay {
             webhook_version: text("x-cal-webhook-version"),
             received_at: SystemTime::now(),
         };
-        let prepared = match source.prepare(&table.routes, inbound) {
+        let span = trace.child("verify signature", Kind::Internal, Vec::new());
+        let verified = source.verify(&inbound);
+        if let Err(rejection) = &verified {
+            span.fail(rejection.to_string());
+        }
+        span.end();
+        if let Err(rejection) = verified {
+            return self.refuse(source, &rejection);
+        }
+        let mut prepared = match source.prepare_verified(&table.routes, inbound) {
             Ok(p) => p,
             Err(rejection) => return self.refuse(source, &rejection),
         };
+        if trace.is_on() {
+            // Consumers continue the trace from the message (the creation context).
+            prepared.message.headers.extend(trace.context_headers());
+            trace.set(attr("cal.trigger", prepared.trigger_label));
+            trace.set(attr("cal.delivery_id", prepared.message.id.clone()));
+            trace.set(attr(
+                "messaging.destination.name",
+                prepared.message.destination.clone(),
+            ));
+            trace.set(attr("cal.route.sinks", prepared.route.sinks.join(",")));
+        }
         let message = &prepared.message;
         if let (Some(checker), Some(trigger)) = (
             &self.schema_check,
@@ -433,8 +491,10 @@ impl Relay {
                 targets: &prepared.route.sinks,
                 label: prepared.trigger_label,
                 dedupable: prepared.shape != cal_relay_core::Shape::Template,
+                trace,
             })
             .await;
+        trace.set(attr("cal.status", outcome.status()));
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
         self.answer(source, &prepared, outcome, latency_ms)
     }

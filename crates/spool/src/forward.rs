@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cal_relay_sink::{Sink, SinkError};
+use cal_relay_telemetry::{attr, Trace};
 use tokio::sync::{mpsc, watch};
 
 use crate::log::{Command, Dispatch, Location, Relocations, Slot};
@@ -332,7 +333,14 @@ async fn publish_once(
 ) -> Step {
     let m = &ctx.metrics;
     let started = Instant::now();
+    // A new trace per attempt, linked to the span that accepted the delivery.
+    let span = Trace::forward(name, sink.kind(), &entry.message, attempt);
+    span.set(attr("cal.spool.seq", entry.seq as i64));
     let result = sink.publish(&entry.message).await;
+    if let Err(e) = &result {
+        span.fail(e.to_string());
+    }
+    span.end();
     m.publish_duration
         .with_label_values(&[name])
         .observe(started.elapsed().as_secs_f64());
