@@ -488,17 +488,70 @@ fn describe(config: &Config) -> anyhow::Result<cal_relay_contract::asyncapi::Des
 async fn build_sinks(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<dyn Sink>>> {
     let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
     for (name, sink) in &config.sinks {
-        let built: Arc<dyn Sink> = match sink {
-            SinkConfig::File(c) => Arc::new(c.build().with_context(|| format!("sinks.{name}"))?),
-            SinkConfig::Amqp(c) => Arc::new(c.build().with_context(|| format!("sinks.{name}"))?),
-            SinkConfig::Kafka(c) => Arc::new(c.build().with_context(|| format!("sinks.{name}"))?),
-            SinkConfig::Nats(c) => {
-                Arc::new(c.build().await.with_context(|| format!("sinks.{name}"))?)
-            }
-        };
-        sinks.insert(name.clone(), built);
+        sinks.insert(name.clone(), build_sink(name, sink).await?);
     }
     Ok(sinks)
+}
+
+async fn build_sink(name: &str, sink: &SinkConfig) -> anyhow::Result<Arc<dyn Sink>> {
+    let context = || format!("sinks.{name}");
+    Ok(match sink {
+        SinkConfig::File(c) => Arc::new(c.build().with_context(context)?),
+        SinkConfig::Amqp(c) => Arc::new(c.build().with_context(context)?),
+        SinkConfig::Kafka(c) => Arc::new(c.build().with_context(context)?),
+        SinkConfig::Nats(c) => Arc::new(c.build().await.with_context(context)?),
+    })
+}
+
+/// How long a sink added or changed by a reload may take to become ready before the reload is
+/// refused.
+const RELOAD_SINK_READY: Duration = Duration::from_secs(10);
+
+/// The sinks a reload runs (confirm mode): the running ones whose configuration did not
+/// change, and new ones built for the rest, each ready before it is returned. On failure the
+/// new ones are closed and nothing changes.
+async fn sinks_for_reload(
+    running_config: &BTreeMap<String, SinkConfig>,
+    running: &cal_relay_accept::Sinks,
+    new: &Config,
+) -> anyhow::Result<cal_relay_accept::Sinks> {
+    let mut sinks = cal_relay_accept::Sinks::new();
+    let mut built: Vec<Arc<dyn Sink>> = Vec::new();
+    let result = async {
+        for (name, config) in &new.sinks {
+            let unchanged = running_config
+                .get(name)
+                .is_some_and(|c| format!("{c:?}") == format!("{config:?}"));
+            if let (true, Some(sink)) = (unchanged, running.get(name)) {
+                sinks.insert(name.clone(), sink.clone());
+                continue;
+            }
+            let sink = build_sink(name, config).await?;
+            built.push(sink.clone());
+            let deadline = tokio::time::Instant::now() + RELOAD_SINK_READY;
+            while !sink.ready() {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "sinks.{name}: not ready within {} s",
+                    RELOAD_SINK_READY.as_secs()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::info!(sink = %name, kind = sink.kind(), "reload: sink connected and ready");
+            sinks.insert(name.clone(), sink);
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(sinks),
+        Err(e) => {
+            for sink in built {
+                sink.shutdown().await;
+            }
+            Err(e)
+        }
+    }
 }
 
 /// What a request may cost, from `config.server`.
@@ -758,7 +811,10 @@ fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
             a.max_header_bytes != b.max_header_bytes,
         ),
         ("server.max_headers", a.max_headers != b.max_headers),
-        ("sinks", differs(&started.sinks, &new.sinks)),
+        (
+            "sinks",
+            started.delivery.mode == "spool" && differs(&started.sinks, &new.sinks),
+        ),
         ("tracing", differs(&started.tracing, &new.tracing)),
         ("delivery", differs(&started.delivery, &new.delivery)),
         ("schema", differs(&started.schema, &new.schema)),
@@ -774,12 +830,49 @@ fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
 /// Read the configuration again and apply what can change while serving: sources (paths,
 /// secrets, replay windows), routes and per-request limits. The whole file is refused when any
 /// of it is invalid.
-fn reload(relay: &Relay, path: Option<&Path>, started: &Config) -> anyhow::Result<Config> {
+async fn reload(
+    relay: &Relay,
+    path: Option<&Path>,
+    started: &Config,
+    running_sinks: &mut BTreeMap<String, SinkConfig>,
+) -> anyhow::Result<Config> {
     let new = load(path)?.config;
     let endpoints = new.endpoints()?;
     let routes = new.route_table()?;
     let limits = limits(&new)?;
-    relay.reload(endpoints, routes, &limits)?;
+    // In confirm mode, sinks are rebuilt where their configuration changed; the spool's lanes
+    // are per sink, so in spool mode they need a restart (see needs_restart).
+    let sinks = if started.delivery.mode != "spool"
+        && format!("{running_sinks:?}") != format!("{:?}", new.sinks)
+    {
+        Some(sinks_for_reload(running_sinks, &relay.sinks(), &new).await?)
+    } else {
+        None
+    };
+    let fresh: Vec<Arc<dyn Sink>> = sinks
+        .iter()
+        .flat_map(|s| s.values())
+        .filter(|s| !relay.sinks().values().any(|r| Arc::ptr_eq(r, s)))
+        .cloned()
+        .collect();
+    let applied = sinks.is_some();
+    match relay.reload(endpoints, routes, &limits, sinks) {
+        Ok(retired) => {
+            if applied {
+                *running_sinks = new.sinks.clone();
+            }
+            if !retired.is_empty() {
+                let within = Duration::from_millis(new.server.shutdown_timeout_ms);
+                tokio::spawn(cal_relay_accept::Acceptor::retire(retired, within));
+            }
+        }
+        Err(e) => {
+            for sink in fresh {
+                sink.shutdown().await;
+            }
+            return Err(e.into());
+        }
+    }
     let restart = needs_restart(started, &new);
     if !restart.is_empty() {
         tracing::warn!(keys = ?restart, "SIGHUP: these settings need a restart; their running values stay");
@@ -816,6 +909,7 @@ async fn reload_on_hangup(
                 .map(|m| (m.modified().ok(), m.len()))
         };
         let mut last = watched.as_deref().map(stamp);
+        let mut running_sinks = started.sinks.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let trigger = tokio::select! {
@@ -833,7 +927,7 @@ async fn reload_on_hangup(
                 }
             };
             tracing::info!(trigger, "reloading the configuration");
-            match reload(&relay, path.as_deref(), &started) {
+            match reload(&relay, path.as_deref(), &started, &mut running_sinks).await {
                 Ok(new) => {
                     let hash = config_hash(&new);
                     reloads.total.with_label_values(&["ok"]).inc();

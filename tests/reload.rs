@@ -2,7 +2,8 @@
 //! mode under a steady load of signed deliveries: a secret rotated (old and new accepted
 //! during the overlap, then only the new) and a route moved to another subject, with no
 //! failed request; deliveries after the reload go to the new subject; an invalid file changes
-//! nothing and counts `result="error"`.
+//! nothing and counts `result="error"`; a sink added by reload (a file sink removed) takes the
+//! deliveries once it is ready.
 
 mod support;
 
@@ -61,7 +62,8 @@ fn hangup(relay: &RelayProcess) {
 
 async fn wait_reloads(relay: &RelayProcess, result: &str, n: f64) {
     let series = format!("cal_relay_config_reloads_total{{result=\"{result}\"}}");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // A sink that never becomes ready is given 10 s before its reload is refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
     while relay.metric(&series).await < n {
         assert!(
             Instant::now() < deadline,
@@ -234,4 +236,81 @@ async fn watch_config_reloads_when_the_file_changes() {
             .await,
         1.0
     );
+}
+
+/// In confirm mode a reload may change the sinks: a NATS sink added (connected and ready before
+/// any route uses it) takes over from a file sink that is removed (closed once its deliveries
+/// finish), under a steady load, with no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_added_by_reload_takes_messages_once_ready() {
+    let nats = NatsServer::start();
+    let sinks = |with_file: bool, with_bus: bool, to: &str| {
+        let mut text = format!(
+            "\n[server]\nlisten = \"{{listen}}\"\n\n[[sources]]\nname = \"cal\"\npath = \"{SOURCE_PATH}\"\nsecrets = [\"{OLD}\"]\nreplay_window_secs = 0\n"
+        );
+        if with_file {
+            text += "\n[sinks.log]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n";
+        }
+        if with_bus {
+            text += &format!(
+                "\n[sinks.bus]\ntype = \"nats\"\nurl = \"{}\"\nstream = {{ name = \"CAL\", subjects = [\"cal.>\"] }}\n",
+                nats.url()
+            );
+        }
+        text + &format!("\n[[routes]]\ntriggers = [\"*\"]\nsinks = [\"{to}\"]\n")
+    };
+    let relay = Arc::new(RelayProcess::start(&sinks(true, false, "log")).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (relay, stop) = (relay.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut i, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let status = send(&relay, OLD, &format!("load-{i}")).await;
+                if status != 200 {
+                    failed.push((i, status));
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (i, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The bus sink replaces the file sink, and every route moves to it.
+    write_config(&relay, &sinks(false, true, "bus"));
+    hangup(&relay);
+    wait_reloads(&relay, "ok", 1.0).await;
+    assert_eq!(
+        relay.metric("cal_relay_sink_ready{sink=\"bus\"}").await,
+        1.0
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "failed requests across the reload: {failed:?}"
+    );
+    assert_eq!(send(&relay, OLD, "after").await, 200);
+    let in_file = read_lines(&relay.path("events.jsonl")).len();
+    let on_bus = stream_messages(&nats.url(), "CAL").await;
+    assert!(in_file > 0, "deliveries before the reload went to the file");
+    assert!(
+        on_bus
+            .iter()
+            .any(|m| m.payload.windows(5).any(|w| w == b"after")),
+        "the delivery after the reload is on the bus"
+    );
+    assert_eq!(
+        in_file + on_bus.len(),
+        sent + 1,
+        "every delivery exactly once"
+    );
+    // A sink that does not become ready refuses the whole reload; the bus stays.
+    let dead = sinks(false, true, "bus").replace(&nats.url(), "nats://127.0.0.1:9");
+    write_config(&relay, &dead);
+    hangup(&relay);
+    wait_reloads(&relay, "error", 1.0).await;
+    assert_eq!(send(&relay, OLD, "still").await, 200);
 }

@@ -8,8 +8,8 @@
 mod dedup;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use cal_relay_sink::{Message, Sink, SinkError};
 use cal_relay_spool::{Spool, SpoolError};
@@ -73,9 +73,21 @@ impl Outcome {
     }
 }
 
+/// The running sinks, by name.
+pub type Sinks = BTreeMap<String, Arc<dyn Sink>>;
+
+/// Sinks taken out of service by a reload, with their names, to be closed.
+pub type Retired = Vec<(String, Arc<dyn Sink>)>;
+
+/// Sinks cannot be replaced while a spool forwards to them: its lanes are per sink.
+#[derive(Debug, thiserror::Error)]
+#[error("in spool mode, sinks change only with a restart (the spool's lanes are per sink)")]
+pub struct SinksFixed;
+
 /// The delivery policy: confirm mode without a spool, spool mode with one.
 pub struct Acceptor {
-    sinks: BTreeMap<String, Arc<dyn Sink>>,
+    /// Replaced as a whole by a reload (confirm mode); a delivery uses the set it started with.
+    sinks: RwLock<Arc<Sinks>>,
     spool: Option<Arc<Spool>>,
     dedup: Option<Dedup>,
     metrics: AcceptMetrics,
@@ -89,15 +101,61 @@ impl Acceptor {
         metrics: AcceptMetrics,
     ) -> Acceptor {
         Acceptor {
-            sinks,
+            sinks: RwLock::new(Arc::new(sinks)),
             spool,
             dedup,
             metrics,
         }
     }
 
-    pub fn sinks(&self) -> &BTreeMap<String, Arc<dyn Sink>> {
-        &self.sinks
+    /// The sinks running now.
+    pub fn sinks(&self) -> Arc<Sinks> {
+        match self.sinks.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn store(&self, sinks: Arc<Sinks>) {
+        match self.sinks.write() {
+            Ok(mut s) => *s = sinks,
+            Err(poisoned) => *poisoned.into_inner() = sinks,
+        }
+    }
+
+    /// Replace the running sinks with `new` (confirm mode only). Sinks of `new` that are not
+    /// running yet should be connected already. First the union of both sets runs (a new sink
+    /// taking the place of the old one of its name), then `switch` runs (the routes that name
+    /// the new set), then only `new` runs: a delivery routed by the old routes or the new ones
+    /// always finds its sinks. Returns the sinks no longer running, for [`Acceptor::retire`].
+    pub fn replace_sinks(&self, new: Sinks, switch: impl FnOnce()) -> Result<Retired, SinksFixed> {
+        if self.spool.is_some() {
+            return Err(SinksFixed);
+        }
+        let old = self.sinks();
+        let mut union = (*old).clone();
+        union.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.store(Arc::new(union));
+        switch();
+        self.store(Arc::new(new.clone()));
+        Ok(old
+            .iter()
+            .filter(|(name, sink)| !new.get(*name).is_some_and(|n| Arc::ptr_eq(n, sink)))
+            .map(|(name, sink)| (name.clone(), sink.clone()))
+            .collect())
+    }
+
+    /// Close sinks taken out by [`Acceptor::replace_sinks`] once the deliveries that still use
+    /// them have finished (at most `within`).
+    pub async fn retire(sinks: Retired, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        for (name, sink) in sinks {
+            while Arc::strong_count(&sink) > 1 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sink.shutdown().await;
+            tracing::info!(sink = %name, "sink closed (no longer configured)");
+        }
     }
 
     pub fn spool(&self) -> Option<&Arc<Spool>> {
@@ -156,9 +214,18 @@ impl Acceptor {
     /// Publish to every target sink at once; the failures, by sink name.
     async fn publish(&self, delivery: &Delivery<'_>) -> Vec<(String, SinkError)> {
         let m = &self.metrics;
-        let jobs = delivery.targets.iter().filter_map(|name| {
-            let (name, sink) = self.sinks.get_key_value(name)?;
-            Some(async move {
+        let sinks = self.sinks();
+        let jobs = delivery.targets.iter().map(|name| {
+            let sink = sinks.get(name).cloned();
+            async move {
+                let Some(sink) = sink else {
+                    // Routed by a configuration whose sink a reload just took away.
+                    let e = SinkError::transient(
+                        "sink_unavailable",
+                        format!("sink {name} is not running"),
+                    );
+                    return (name, Err(e));
+                };
                 let started = Instant::now();
                 let span = delivery.trace.publish(name, sink.kind(), delivery.message);
                 let result = sink.publish(delivery.message).await;
@@ -180,7 +247,7 @@ impl Acceptor {
                         .inc(),
                 }
                 (name, result)
-            })
+            }
         });
         futures_util::future::join_all(jobs)
             .await
@@ -195,7 +262,8 @@ impl Acceptor {
         if let Some(spool) = &self.spool {
             spool.shutdown().await;
         }
-        futures_util::future::join_all(self.sinks.values().map(|s| s.shutdown())).await;
+        let sinks = self.sinks();
+        futures_util::future::join_all(sinks.values().map(|s| s.shutdown())).await;
     }
 }
 
@@ -245,6 +313,55 @@ mod tests {
             .unwrap(),
             duplicates: IntCounter::new("dup", "dup").unwrap(),
         }
+    }
+
+    #[tokio::test]
+    async fn replaced_sinks_take_over_and_a_sink_gone_fails_instead_of_vanishing() {
+        let stub = || {
+            Arc::new(Stub {
+                fail: false,
+                published: AtomicUsize::new(0),
+            })
+        };
+        let (old, new) = (stub(), stub());
+        let mut sinks: Sinks = BTreeMap::new();
+        sinks.insert("old".into(), old.clone());
+        let acceptor = Acceptor::new(sinks, None, None, metrics());
+        let mut next: Sinks = BTreeMap::new();
+        next.insert("new".into(), new.clone());
+        let mut during = Vec::new();
+        let retired = acceptor
+            .replace_sinks(next, || during = acceptor.sinks().keys().cloned().collect())
+            .unwrap();
+        assert_eq!(during, ["new", "old"], "both run while the routes switch");
+        assert_eq!(retired.len(), 1);
+        assert_eq!(retired[0].0, "old");
+        let off = Trace::off();
+        let m = message("x");
+        let deliver = |targets: &'static [&'static str]| {
+            let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+            let acceptor = &acceptor;
+            let (m, off) = (&m, &off);
+            async move {
+                acceptor
+                    .accept(Delivery {
+                        message: m,
+                        targets: &targets,
+                        label: "PING",
+                        dedupable: false,
+                        trace: off,
+                    })
+                    .await
+            }
+        };
+        assert!(matches!(deliver(&["new"]).await, Outcome::Published { .. }));
+        // Routed by the old table to the sink just taken out: a failure the sender retries.
+        let Outcome::Failed { failures, .. } = deliver(&["old"]).await else {
+            panic!("a missing sink must fail the delivery");
+        };
+        assert_eq!(failures[0].1.reason, "sink_unavailable");
+        assert_eq!(new.published.load(Ordering::Relaxed), 1);
+        assert_eq!(old.published.load(Ordering::Relaxed), 0);
     }
 
     fn message(id: &str) -> Message {

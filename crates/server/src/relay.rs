@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use cal_relay_accept::{Acceptor, Delivery, Outcome};
+use cal_relay_accept::{Acceptor, Delivery, Outcome, Retired, Sinks};
 use cal_relay_core::{Inbound, Prepared, Rejection, RouteTable, Source};
 use cal_relay_spool::SpoolError;
 use cal_relay_telemetry::{attr, Kind, Trace};
@@ -60,6 +60,8 @@ pub enum BuildError {
     BadPath(String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("sinks: {0}")]
+    Sinks(String),
 }
 
 /// What a configuration reload replaces: sources by path, routes, per-request limits. A
@@ -155,28 +157,50 @@ impl Relay {
         Table::build(endpoints, routes, &|s| sink_names.contains(&s), limits).map(|_| ())
     }
 
-    /// Replace sources, routes and per-request limits (`max_in_flight` is kept): requests that
+    /// Replace sources, routes and per-request limits (`max_in_flight` is kept), and with
+    /// `sinks` the running sinks too (confirm mode; new ones connected already): requests that
     /// started keep what they started with, the next ones get the new table. Refused as a
     /// whole, changing nothing, when the new parts do not fit together (a route naming a sink
-    /// that is not running, two sources on one path).
+    /// that is not running, two sources on one path, sinks in spool mode). Returns the sinks
+    /// taken out, to close once their deliveries finish ([`Acceptor::retire`]).
     pub fn reload(
         &self,
         endpoints: Vec<Endpoint>,
         routes: RouteTable,
         limits: &Limits,
-    ) -> Result<(), BuildError> {
-        let sinks = self.acceptor.sinks();
+        sinks: Option<Sinks>,
+    ) -> Result<Retired, BuildError> {
+        let running = self.acceptor.sinks();
+        let names = sinks.as_ref().unwrap_or(&running);
         let table = Arc::new(Table::build(
             endpoints,
             routes,
-            &|s| sinks.contains_key(s),
+            &|s| names.contains_key(s),
             limits,
         )?);
-        match self.table.write() {
+        let switch = || match self.table.write() {
             Ok(mut current) => *current = table,
             Err(poisoned) => *poisoned.into_inner() = table,
+        };
+        match sinks {
+            None => {
+                switch();
+                Ok(Vec::new())
+            }
+            Some(sinks) => {
+                let retired = self
+                    .acceptor
+                    .replace_sinks(sinks, switch)
+                    .map_err(|e| BuildError::Sinks(e.to_string()))?;
+                for (name, _) in &retired {
+                    let _ = self
+                        .metrics
+                        .sink_ready
+                        .remove_label_values(&[name.as_str()]);
+                }
+                Ok(retired)
+            }
         }
-        Ok(())
     }
 
     fn table(&self) -> Arc<Table> {
@@ -197,13 +221,18 @@ impl Relay {
         &self.metrics
     }
 
+    /// The sinks running now.
+    pub fn sinks(&self) -> Arc<Sinks> {
+        self.acceptor.sinks()
+    }
+
     /// Answer one request from `peer`.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let table = self.table();
         let response = match req.uri().path() {
             "/metrics" => self.get_only(&req, || {
-                for (name, sink) in self.acceptor.sinks() {
+                for (name, sink) in self.acceptor.sinks().iter() {
                     self.metrics
                         .sink_ready
                         .with_label_values(&[name.as_str()])
@@ -331,9 +360,8 @@ impl Relay {
 
     /// Ready when every sink is; with a spool, when the spool has room (sinks may be down).
     fn readiness(&self) -> Response<Body> {
-        let not_ready: Vec<&str> = self
-            .acceptor
-            .sinks()
+        let sinks = self.acceptor.sinks();
+        let not_ready: Vec<&str> = sinks
             .iter()
             .filter(|(_, s)| !s.ready())
             .map(|(n, _)| n.as_str())
