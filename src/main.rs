@@ -638,6 +638,16 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     if let Some(t) = &config.server.tls {
         cal_relay_server::Tls::load(t).context("server.tls")?;
     }
+    // What building each sink checks, short of connecting.
+    for (name, sink) in &config.sinks {
+        let checked: anyhow::Result<()> = match sink {
+            SinkConfig::File(_) => Ok(()),
+            SinkConfig::Amqp(c) => c.check().map_err(Into::into),
+            SinkConfig::Kafka(c) => c.check().map_err(Into::into),
+            SinkConfig::Nats(c) => c.check().map_err(Into::into),
+        };
+        checked.with_context(|| format!("sinks.{name}"))?;
+    }
     let t = &config.tracing;
     if let Some(endpoint) = &t.otlp_endpoint {
         cal_relay_telemetry::traces_url(endpoint)?;

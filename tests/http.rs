@@ -445,6 +445,44 @@ fn check_config_redacts_secrets_and_names_bad_keys() {
     assert!(err.contains("max_body_bytes"), "{err}");
 }
 
+/// check-config checks what building each sink checks, without a broker anywhere: a
+/// librdkafka property it does not know, an AMQP URL that does not parse, a missing NATS
+/// credentials file. Each answer names the sink and the setting.
+#[test]
+fn check_config_refuses_sink_settings_a_start_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "type = \"kafka\"\nbrokers = \"127.0.0.1:9\"\noptions = { \"no.such.property\" = \"1\" }",
+            "no.such.property",
+        ),
+        ("type = \"amqp\"\nurl = \"amqp://h:notaport/\"", "url"),
+        (
+            "type = \"nats\"\nurl = \"nats://127.0.0.1:9\"\ncredentials_file = \"/nonexistent/x.creds\"",
+            "credentials_file",
+        ),
+    ];
+    for (sink, key) in cases {
+        let path = dir.path().join("sink.toml");
+        std::fs::write(
+            &path,
+            one_sink_config("out", sink).replace("{listen}", "127.0.0.1:0"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cal-relay"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sink}: accepted");
+        assert!(
+            err.contains("sinks.out") && err.contains(key),
+            "{sink}: {err}"
+        );
+    }
+}
+
 #[test]
 fn verify_command_checks_fixture_signatures() {
     let f = &fixtures()[0];

@@ -82,6 +82,8 @@ pub enum AmqpSinkError {
     Url,
     #[error("exchange_type must be topic, direct, fanout or headers, not {0:?}")]
     ExchangeType(String),
+    #[error("url {0}: {1}")]
+    Uri(String, String),
 }
 
 impl AmqpSinkConfig {
@@ -108,6 +110,23 @@ impl AmqpSinkConfig {
             "headers" => ExchangeKind::Headers,
             other => return Err(AmqpSinkError::ExchangeType(other.to_owned())),
         })
+    }
+
+    /// What [`AmqpSinkConfig::build`] checks, without connecting: every URL parses as an AMQP
+    /// URI, and the exchange type is known.
+    pub fn check(&self) -> Result<(), AmqpSinkError> {
+        let urls = self.url.to_vec();
+        if urls.is_empty() {
+            return Err(AmqpSinkError::Url);
+        }
+        for url in &urls {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(AmqpSinkError::Url);
+            }
+            url.parse::<lapin::uri::AMQPUri>()
+                .map_err(|e| AmqpSinkError::Uri(cal_relay_sink::redact_url(url), e))?;
+        }
+        self.kind().map(|_| ())
     }
 
     /// Start the sink: a supervisor task connects (and keeps reconnecting) in the background, so

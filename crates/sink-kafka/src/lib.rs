@@ -139,6 +139,13 @@ impl KafkaSinkConfig {
 
     /// Create the producer (connections are made in the background) and start the readiness
     /// probe.
+    /// What [`KafkaSinkConfig::build`] checks, without creating a client or touching the
+    /// network: the settings, then librdkafka's own check of every property it is given.
+    pub fn check(&self) -> Result<(), KafkaSinkError> {
+        self.client_config()?.create_native_config()?;
+        Ok(())
+    }
+
     pub fn build(&self) -> Result<KafkaSink, KafkaSinkError> {
         let config = self.client_config()?;
         let producer: FutureProducer = config.create()?;

@@ -101,6 +101,8 @@ pub enum NatsSinkError {
     Url(String),
     #[error("credentials_file: {0}")]
     Credentials(std::io::Error),
+    #[error("ca_file {0}: {1}")]
+    CaFile(String, std::io::Error),
     #[error("connect: {0}")]
     Connect(#[from] async_nats::ConnectError),
 }
@@ -125,6 +127,24 @@ impl NatsSinkConfig {
             .map(|s| format!(" stream={}:{}", s.name, s.subjects.join(",")))
             .unwrap_or_default();
         format!("url={} mode={mode}{stream}", urls.join(","))
+    }
+
+    /// What [`NatsSinkConfig::build`] checks, without connecting: the server URLs parse, and
+    /// the credentials and CA files can be read.
+    pub fn check(&self) -> Result<(), NatsSinkError> {
+        for u in self.url.to_vec() {
+            u.parse::<ServerAddr>().map_err(|e| {
+                NatsSinkError::Url(format!("{}: {e}", cal_relay_sink::redact_url(&u)))
+            })?;
+        }
+        if let Some(file) = &self.credentials_file {
+            std::fs::metadata(file).map_err(NatsSinkError::Credentials)?;
+        }
+        if let Some(ca) = &self.ca_file {
+            std::fs::metadata(ca)
+                .map_err(|e| NatsSinkError::CaFile(ca.display().to_string(), e))?;
+        }
+        Ok(())
     }
 
     /// Connect (in the background: the relay starts while NATS is down and `ready()` says so)
