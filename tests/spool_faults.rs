@@ -398,8 +398,9 @@ async fn a_stuck_entry_holds_up_only_its_own_key() {
 }
 
 /// An entry a broker keeps refusing (with a long `max_age_secs`) does not pin the log: the
-/// segments behind it are reclaimed by copying it forward, so a 1 MiB spool takes 1.8 MB of
-/// deliveries that flow past it, and a restart finds only the stuck entry still to send.
+/// segments behind it are reclaimed by copying it forward (once the head has made no progress
+/// for a second), so a 4 MiB spool takes 6 MB of deliveries that flow past it, and a restart
+/// finds only the stuck entry still to send.
 #[tokio::test]
 async fn compaction_reclaims_the_segments_behind_a_stuck_entry() {
     use async_nats::jetstream::{self, stream};
@@ -429,7 +430,7 @@ async fn compaction_reclaims_the_segments_behind_a_stuck_entry() {
     let mut relay = RelayProcess::start(
         &(one_sink_config("bus", &sink)
             + &spool_section(
-                "max_bytes = 1048576\nmax_age_secs = 3600\nretry_initial_ms = 100\nretry_max_ms = 300",
+                "max_bytes = 4194304\nmax_age_secs = 3600\nretry_initial_ms = 100\nretry_max_ms = 300",
             )),
     )
     .await;
@@ -441,12 +442,14 @@ async fn compaction_reclaims_the_segments_behind_a_stuck_entry() {
         let (status, text) = post(relay.addr, signed_booking(&ping(n))).await.unwrap();
         assert_eq!(status, 202, "{text}");
     }
-    // About 3 KB each in the log: 1.8 MB in all, more than the spool's max_bytes.
-    let bookings = 600u64;
+    // About 3 KB each in the log: 6 MB in all, more than the spool's max_bytes, at a pace
+    // (about 1 MB/s at most) that gives compaction its second.
+    let bookings = 2000u64;
     for n in 0..bookings {
         let body = booking(&format!("b-{n}"), n);
         let (status, text) = post(relay.addr, signed_booking(&body)).await.unwrap();
         assert_eq!(status, 202, "booking {n}: {text}");
+        tokio::time::sleep(Duration::from_millis(3)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while relay.metric("cal_relay_spool_entries").await > 1.0 {
@@ -463,7 +466,10 @@ async fn compaction_reclaims_the_segments_behind_a_stuck_entry() {
     );
     assert!(relay.metric("cal_relay_spool_compacted_total").await >= 1.0);
     let bytes = relay.metric("cal_relay_spool_bytes").await;
-    assert!(bytes < 512.0 * 1024.0, "the log still holds {bytes} bytes");
+    assert!(
+        bytes < 2.0 * 1024.0 * 1024.0,
+        "the log still holds {bytes} bytes"
+    );
     // A kill and a restart: the stuck entry is still to send, and nothing else is.
     relay.restart().await;
     assert_eq!(

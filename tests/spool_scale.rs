@@ -150,12 +150,13 @@ async fn a_hundred_thousand_pending_deliveries_in_bounded_memory() {
     }
     let drain_secs = drain_started.elapsed().as_secs_f64();
     let (heap_after, _) = memory_kb(relay.child.id());
+    let compacted = relay.metric("cal_relay_spool_compacted_total").await;
 
     let figures = format!(
         "spool scale: {total} deliveries accepted with the broker down at {:.0}/s ({:.0} MB of log); \
          peak RSS (heap) {} ({}) MB accepting, {} ({}) MB after the restart, {} ({}) MB draining, \
          heap {} MB drained; healthy {:.2} s after a kill -9 on the backlog; drained at {:.0}/s \
-         ({})\n",
+         ({compacted} entries compacted; {})\n",
         total as f64 / accept_secs,
         spool_bytes / 1e6,
         accepting.rss / 1024,

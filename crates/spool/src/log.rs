@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::record::{self, Entry, FrameError, Record};
 
@@ -56,9 +56,22 @@ pub struct Segment {
     /// Entries written here that still have work, and the bytes of their PUT frames.
     pub live: u64,
     pub live_bytes: u64,
+    /// When an entry here last finished (or the segment was made): a head whose entries are
+    /// still finishing is being drained, not stuck.
+    pub progress: Instant,
 }
 
 impl Segment {
+    pub fn new(id: u64, size: u64) -> Segment {
+        Segment {
+            id,
+            size,
+            live: 0,
+            live_bytes: 0,
+            progress: Instant::now(),
+        }
+    }
+
     fn add(&mut self, len: u32) {
         self.live += 1;
         self.live_bytes += u64::from(len);
@@ -67,8 +80,13 @@ impl Segment {
     fn remove(&mut self, len: u32) {
         self.live = self.live.saturating_sub(1);
         self.live_bytes = self.live_bytes.saturating_sub(u64::from(len));
+        self.progress = Instant::now();
     }
 }
+
+/// How long the head segment must make no progress (no entry in it finishing) before it is
+/// compacted: during a drain its entries finish by themselves, and copying them would be waste.
+const COMPACT_AFTER: Duration = Duration::from_secs(1);
 
 /// Where the entries compaction copied forward are now, by seq: a lane's queued location may
 /// name a segment that is gone. Empty (one atomic load per lookup) unless something was moved.
@@ -310,12 +328,7 @@ pub fn scan(dir: &Path, repair: bool) -> io::Result<Scan> {
             }
             out.damaged.push((path.clone(), at, dropped));
         }
-        out.segments.push(Segment {
-            id,
-            size: at,
-            live: 0,
-            live_bytes: 0,
-        });
+        out.segments.push(Segment::new(id, at));
     }
     for slot in out.pending.values() {
         if let Some(s) = out.segments.iter_mut().find(|s| s.id == slot.segment) {
@@ -465,6 +478,8 @@ pub struct Writer<D: Dispatch> {
     sets: TargetSets,
     /// The active segment may end in bytes of a failed write: nothing more is written to it.
     torn: bool,
+    /// See [`COMPACT_AFTER`].
+    compact_after: Duration,
 }
 
 /// Most commands taken into one batch (one write, one fsync).
@@ -487,12 +502,7 @@ impl<D: Dispatch> Writer<D> {
         }
         let next_id = segments.back().map(|s| s.id + 1).unwrap_or(1);
         let (active, size) = create_segment(dir, next_id, scan.next_seq)?;
-        segments.push_back(Segment {
-            id: next_id,
-            size,
-            live: 0,
-            live_bytes: 0,
-        });
+        segments.push_back(Segment::new(next_id, size));
         gauges
             .bytes
             .store(segments.iter().map(|s| s.size).sum(), Ordering::Relaxed);
@@ -509,6 +519,7 @@ impl<D: Dispatch> Writer<D> {
             gauges,
             torn: false,
             sets: TargetSets::default(),
+            compact_after: COMPACT_AFTER,
         };
         writer.collect_garbage();
         writer.update_gauges();
@@ -675,10 +686,11 @@ impl<D: Dispatch> Writer<D> {
         loop {
             self.delete_finished_head();
             let compactable = self.segments.len() >= 3
-                && self
-                    .segments
-                    .front()
-                    .is_some_and(|h| h.live > 0 && h.live_bytes.saturating_mul(4) <= h.size);
+                && self.segments.front().is_some_and(|h| {
+                    h.live > 0
+                        && h.live_bytes.saturating_mul(4) <= h.size
+                        && h.progress.elapsed() >= self.compact_after
+                });
             if !compactable || self.torn || !self.copy_head_forward() {
                 break;
             }
@@ -829,12 +841,7 @@ impl<D: Dispatch> Writer<D> {
                 self.active = file;
                 self.torn = false;
                 self.gauges.bytes.fetch_add(size, Ordering::Relaxed);
-                self.segments.push_back(Segment {
-                    id,
-                    size,
-                    live: 0,
-                    live_bytes: 0,
-                });
+                self.segments.push_back(Segment::new(id, size));
                 true
             }
             Err(e) => {
@@ -936,8 +943,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let g = gauges();
         let (compacted, relocations) = (g.compacted.clone(), g.relocations.clone());
-        let writer =
+        let mut writer =
             Writer::new(dir.path(), Scan::default(), false, 1024 * 1024, Nowhere, g).unwrap();
+        writer.compact_after = Duration::ZERO;
         let (commands, receiver) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || writer.run(receiver));
         // The stuck entry reached sink "a", never "b".
