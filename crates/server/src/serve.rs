@@ -18,7 +18,6 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 use crate::relay::Relay;
-use crate::respond;
 use crate::tls::{Tls, TlsConfig};
 
 /// `[server]`.
@@ -149,19 +148,10 @@ pub async fn serve(
         let relay = relay.clone();
         let service = service_fn(move |req| {
             let relay = relay.clone();
-            async move {
-                // Run each request in its own task: once its body is read, a delivery is handled
-                // to the end (spooled or published, remembered, counted) even if the client goes
-                // away and hyper drops this future.
-                let handled = tokio::spawn(async move { relay.handle(req, peer).await });
-                Ok::<_, Infallible>(handled.await.unwrap_or_else(|_| {
-                    respond::error(
-                        hyper::StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "the request could not be handled",
-                    )
-                }))
-            }
+            // Once its body is read, a delivery is handled to the end (spooled or published,
+            // remembered, counted) even if the client goes away and hyper drops this future:
+            // what is left of it then runs in a task of its own.
+            RunToEnd::new(async move { Ok::<_, Infallible>(relay.handle(req, peer).await) })
         });
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
@@ -233,4 +223,85 @@ pub async fn serve(
     }
     relay.shutdown_outputs().await;
     tracing::info!("stopped");
+}
+
+/// A future that, dropped before it completed, is finished in a task of its own instead of
+/// being cancelled. Polled in place otherwise: no task per request.
+struct RunToEnd<F: Future + Send + 'static>(Option<std::pin::Pin<Box<F>>>)
+where
+    F::Output: Send + 'static;
+
+impl<F: Future + Send + 'static> RunToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    fn new(future: F) -> Self {
+        RunToEnd(Some(Box::pin(future)))
+    }
+}
+
+impl<F: Future + Send + 'static> Future for RunToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(future) = self.0.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(output)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for RunToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(future) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(future);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunToEnd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_dropped_request_future_still_runs_to_its_end() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        let future = RunToEnd::new(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        // Polled once (as hyper does), then dropped (the client went away).
+        let _ = tokio::time::timeout(Duration::from_millis(1), future).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(finished.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_finished_one_is_not_run_again() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = runs.clone();
+        RunToEnd::new(async move {
+            count.fetch_add(1, Ordering::SeqCst);
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
 }
