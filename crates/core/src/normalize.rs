@@ -106,7 +106,12 @@ pub fn normalize(
     if body.trim_ascii().is_empty() {
         return Err(NormalizeError::Empty);
     }
-    let Ok(root) = serde_json::from_slice::<Root>(&body) else {
+    // UTF-8 checked once for the whole body (JSON must be UTF-8 throughout), so the parser
+    // reading a `str` need not check each string again.
+    let Some(root) = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Root>(text).ok())
+    else {
         return Ok(template(body, content_type, false));
     };
     let trigger = match root.trigger {
@@ -180,7 +185,9 @@ fn template(body: Bytes, content_type: Option<&str>, json: bool) -> Normalized {
 /// JSON parser reads it), so the body always says what the message's trigger header says. The
 /// result is checked again: `payload` nests one level deeper than the root did.
 fn wrap(body: &[u8], trigger: &str, received_at: SystemTime) -> Result<Vec<u8>, serde_json::Error> {
-    let Fields(fields) = serde_json::from_slice(body)?;
+    let text =
+        std::str::from_utf8(body).map_err(|e| <serde_json::Error as de::Error>::custom(e))?;
+    let Fields(fields) = serde_json::from_str(text)?;
     let mut out = Vec::with_capacity(body.len() + 64);
     let created_at = humantime::format_rfc3339_millis(received_at).to_string();
     out.extend_from_slice(b"{\"triggerEvent\":");
