@@ -185,8 +185,7 @@ fn template(body: Bytes, content_type: Option<&str>, json: bool) -> Normalized {
 /// JSON parser reads it), so the body always says what the message's trigger header says. The
 /// result is checked again: `payload` nests one level deeper than the root did.
 fn wrap(body: &[u8], trigger: &str, received_at: SystemTime) -> Result<Vec<u8>, serde_json::Error> {
-    let text =
-        std::str::from_utf8(body).map_err(|e| <serde_json::Error as de::Error>::custom(e))?;
+    let text = std::str::from_utf8(body).map_err(<serde_json::Error as de::Error>::custom)?;
     let Fields(fields) = serde_json::from_str(text)?;
     let mut out = Vec::with_capacity(body.len() + 64);
     let created_at = humantime::format_rfc3339_millis(received_at).to_string();
