@@ -57,6 +57,7 @@ fuzz_target!(|input: &[u8]| {
         replay_window: (flags & 8 != 0).then(|| Duration::from_secs(3600)),
         event_source: "https://cal.com".into(),
         template_event_type: "com.cal.template".into(),
+        cloudevents: flags & 16 != 0,
     };
     let routes =
         RouteTable::new(vec![Route::new(0, &["*".into()], vec!["s".into()], None)

@@ -235,6 +235,17 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
+    /// Whether this sink publishes CloudEvents (so messages need their attributes).
+    pub fn renders_cloudevents(&self) -> bool {
+        use cal_relay_sink::cloudevents::Mode;
+        match self {
+            SinkConfig::File(_) => false,
+            SinkConfig::Nats(c) => c.cloudevents != Mode::Off,
+            SinkConfig::Amqp(c) => c.cloudevents != Mode::Off,
+            SinkConfig::Kafka(c) => c.cloudevents != Mode::Off,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::File(_) => "file",
@@ -629,6 +640,8 @@ impl Config {
                         template_destination: s.template_destination.clone(),
                         event_source: s.event_source.clone(),
                         template_event_type: s.template_event_type.clone(),
+                        cloudevents: self.delivery.mode == "spool"
+                            || self.sinks.values().any(SinkConfig::renders_cloudevents),
                     },
                 })
             })

@@ -34,6 +34,9 @@ pub struct Source {
     pub event_source: String,
     /// CloudEvents `type` of its template bodies (which carry no trigger).
     pub template_event_type: String,
+    /// Whether messages carry their CloudEvents attributes ([`Message::event`]): only when a
+    /// sink renders them, or a spool keeps them for later; building them costs allocations.
+    pub cloudevents: bool,
 }
 
 /// The CloudEvents `source` when a source configures none.
@@ -159,6 +162,40 @@ impl Source {
         self.prepare_verified(routes, inbound)
     }
 
+    /// The CloudEvents context attributes of a delivery (other than `specversion`, `id` and
+    /// `datacontenttype`): source, type, time, subject and partitionkey (the key), recordedtime
+    /// (`received`, the receive time), calwebhookversion.
+    fn event_attributes(
+        &self,
+        normalized: &normalize::Normalized,
+        received_at: SystemTime,
+        webhook_version: Option<&str>,
+        received: String,
+    ) -> Vec<cal_relay_sink::Header> {
+        let mut event = Vec::with_capacity(8);
+        event.push((Cow::Borrowed("source"), self.event_source.clone()));
+        event.push((
+            Cow::Borrowed("type"),
+            match &normalized.trigger {
+                Some(t) => event_type(t),
+                None => self.template_event_type.clone(),
+            },
+        ));
+        event.push((
+            Cow::Borrowed("time"),
+            event_time(normalized.created_at.as_deref(), received_at),
+        ));
+        if let Some(key) = &normalized.key {
+            event.push((Cow::Borrowed("subject"), key.clone()));
+            event.push((Cow::Borrowed("partitionkey"), key.clone()));
+        }
+        event.push((Cow::Borrowed("recordedtime"), received));
+        if let Some(v) = webhook_version.filter(|v| normalize::usable_header_value(v)) {
+            event.push((Cow::Borrowed("calwebhookversion"), v.to_owned()));
+        }
+        event
+    }
+
     /// Check `inbound`'s signature against this source's secrets.
     pub fn verify(&self, inbound: &Inbound<'_>) -> Result<(), Rejection> {
         Ok(self.verifier.verify(inbound.signature, &inbound.body)?)
@@ -219,30 +256,16 @@ impl Source {
         ));
 
         // CloudEvents attributes (rendered only by sinks configured for them).
-        let mut event = Vec::with_capacity(8);
-        event.push((Cow::Borrowed("source"), self.event_source.clone()));
-        event.push((
-            Cow::Borrowed("type"),
-            match &normalized.trigger {
-                Some(t) => event_type(t),
-                None => self.template_event_type.clone(),
-            },
-        ));
-        event.push((
-            Cow::Borrowed("time"),
-            event_time(normalized.created_at.as_deref(), inbound.received_at),
-        ));
-        if let Some(key) = &normalized.key {
-            event.push((Cow::Borrowed("subject"), key.clone()));
-            event.push((Cow::Borrowed("partitionkey"), key.clone()));
-        }
-        event.push((Cow::Borrowed("recordedtime"), received));
-        if let Some(v) = inbound
-            .webhook_version
-            .filter(|v| normalize::usable_header_value(v))
-        {
-            event.push((Cow::Borrowed("calwebhookversion"), v.to_owned()));
-        }
+        let event = if self.cloudevents {
+            self.event_attributes(
+                &normalized,
+                inbound.received_at,
+                inbound.webhook_version,
+                received,
+            )
+        } else {
+            Vec::new()
+        };
 
         Ok(Prepared {
             message: Message {
