@@ -17,7 +17,7 @@ const BATCH: usize = 512;
 /// What the export counts: `cal_relay_trace_spans_exported_total`,
 /// `cal_relay_trace_spans_dropped_total` (queue full, or their export failed),
 /// `cal_relay_trace_export_errors_total` (exports that failed).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct TraceMetrics {
     pub exported: IntCounter,
     pub dropped: IntCounter,
@@ -64,12 +64,6 @@ pub struct Queue {
     dropped: IntCounter,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     timeout: Duration,
-}
-
-impl std::fmt::Debug for TraceMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TraceMetrics")
-    }
 }
 
 impl Queue {
