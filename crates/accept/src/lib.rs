@@ -55,6 +55,8 @@ pub enum Outcome {
 pub struct Delivery<'a> {
     pub message: &'a Message,
     pub targets: &'a [String],
+    /// The sinks the targets name: those of the configuration the delivery was routed by.
+    pub sinks: &'a Sinks,
     pub label: &'a str,
     pub dedupable: bool,
     pub trace: &'a Trace,
@@ -123,19 +125,16 @@ impl Acceptor {
         }
     }
 
-    /// Replace the running sinks with `new` (confirm mode only). Sinks of `new` that are not
-    /// running yet should be connected already. First the union of both sets runs (a new sink
-    /// taking the place of the old one of its name), then `switch` runs (the routes that name
-    /// the new set), then only `new` runs: a delivery routed by the old routes or the new ones
-    /// always finds its sinks. Returns the sinks no longer running, for [`Acceptor::retire`].
+    /// Replace the running sinks with `new` (confirm mode only; sinks of `new` that are not
+    /// running yet connected already), after `switch` has made new deliveries route by the
+    /// configuration that names them. A delivery carries the sinks of the configuration it was
+    /// routed by ([`Delivery::sinks`]), so one routed before the switch still finds its own.
+    /// Returns the sinks no longer running, for [`Acceptor::retire`].
     pub fn replace_sinks(&self, new: Sinks, switch: impl FnOnce()) -> Result<Retired, SinksFixed> {
         if self.spool.is_some() {
             return Err(SinksFixed);
         }
         let old = self.sinks();
-        let mut union = (*old).clone();
-        union.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
-        self.store(Arc::new(union));
         switch();
         self.store(Arc::new(new.clone()));
         Ok(old
@@ -145,8 +144,8 @@ impl Acceptor {
             .collect())
     }
 
-    /// Close sinks taken out by [`Acceptor::replace_sinks`] once the deliveries that still use
-    /// them have finished (at most `within`).
+    /// Close sinks taken out by [`Acceptor::replace_sinks`] once nothing else holds them (the
+    /// deliveries routed by the old configuration have finished), or after `within`.
     pub async fn retire(sinks: Retired, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         for (name, sink) in sinks {
@@ -214,12 +213,12 @@ impl Acceptor {
     /// Publish to every target sink at once; the failures, by sink name.
     async fn publish(&self, delivery: &Delivery<'_>) -> Vec<(String, SinkError)> {
         let m = &self.metrics;
-        let sinks = self.sinks();
         let jobs = delivery.targets.iter().map(|name| {
-            let sink = sinks.get(name).cloned();
+            let sink = delivery.sinks.get(name).cloned();
             async move {
                 let Some(sink) = sink else {
-                    // Routed by a configuration whose sink a reload just took away.
+                    // A route naming a sink its configuration lacks (a bug elsewhere): a
+                    // failure the sender retries, never a silent skip.
                     let e = SinkError::transient(
                         "sink_unavailable",
                         format!("sink {name} is not running"),
@@ -316,7 +315,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn replaced_sinks_take_over_and_a_sink_gone_fails_instead_of_vanishing() {
+    async fn a_delivery_routed_before_a_sink_swap_keeps_its_sinks() {
         let stub = || {
             Arc::new(Stub {
                 fail: false,
@@ -327,21 +326,19 @@ mod tests {
         let mut sinks: Sinks = BTreeMap::new();
         sinks.insert("old".into(), old.clone());
         let acceptor = Acceptor::new(sinks, None, None, metrics());
+        // Routed by the configuration in effect: it holds that configuration's sinks.
+        let before = acceptor.sinks();
         let mut next: Sinks = BTreeMap::new();
         next.insert("new".into(), new.clone());
-        let mut during = Vec::new();
-        let retired = acceptor
-            .replace_sinks(next, || during = acceptor.sinks().keys().cloned().collect())
-            .unwrap();
-        assert_eq!(during, ["new", "old"], "both run while the routes switch");
+        let retired = acceptor.replace_sinks(next, || {}).unwrap();
         assert_eq!(retired.len(), 1);
         assert_eq!(retired[0].0, "old");
+        assert_eq!(acceptor.sinks().keys().collect::<Vec<_>>(), ["new"]);
         let off = Trace::off();
         let m = message("x");
-        let deliver = |targets: &'static [&'static str]| {
+        let deliver = |targets: &'static [&'static str], sinks: Arc<Sinks>| {
             let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
-            let acceptor = &acceptor;
-            let (m, off) = (&m, &off);
+            let (acceptor, m, off) = (&acceptor, &m, &off);
             async move {
                 acceptor
                     .accept(Delivery {
@@ -350,18 +347,35 @@ mod tests {
                         label: "PING",
                         dedupable: false,
                         trace: off,
+                        sinks: &sinks,
                     })
                     .await
             }
         };
-        assert!(matches!(deliver(&["new"]).await, Outcome::Published { .. }));
-        // Routed by the old table to the sink just taken out: a failure the sender retries.
-        let Outcome::Failed { failures, .. } = deliver(&["old"]).await else {
+        assert!(matches!(
+            deliver(&["old"], before.clone()).await,
+            Outcome::Published { .. }
+        ));
+        assert!(matches!(
+            deliver(&["new"], acceptor.sinks()).await,
+            Outcome::Published { .. }
+        ));
+        // A target its configuration lacks fails (the sender retries) instead of vanishing.
+        let Outcome::Failed { failures, .. } = deliver(&["old"], acceptor.sinks()).await else {
             panic!("a missing sink must fail the delivery");
         };
         assert_eq!(failures[0].1.reason, "sink_unavailable");
+        assert_eq!(old.published.load(Ordering::Relaxed), 1);
         assert_eq!(new.published.load(Ordering::Relaxed), 1);
-        assert_eq!(old.published.load(Ordering::Relaxed), 0);
+        // The retired sink closes as soon as the old configuration is no longer in use, well
+        // before its time limit.
+        drop((before, old));
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            Acceptor::retire(retired, Duration::from_secs(30)),
+        )
+        .await
+        .expect("retired once unused");
     }
 
     fn message(id: &str) -> Message {
@@ -399,12 +413,14 @@ mod tests {
         );
         let to_ok = ["ok".to_owned()];
         let off = Trace::off();
+        let running = acceptor.sinks();
         let delivery = |m, dedupable| Delivery {
             message: m,
             targets: &to_ok,
             label: "PING",
             dedupable,
             trace: &off,
+            sinks: &running,
         };
         let m = message("a");
         assert!(matches!(
@@ -431,6 +447,7 @@ mod tests {
                 label: "PING",
                 dedupable: true,
                 trace: &off,
+                sinks: &running,
             })
             .await;
         let Outcome::Failed {
@@ -451,6 +468,7 @@ mod tests {
                     label: "PING",
                     dedupable: true,
                     trace: &off,
+                    sinks: &running,
                 })
                 .await,
             Outcome::Published { .. }

@@ -64,11 +64,14 @@ pub enum BuildError {
     Sinks(String),
 }
 
-/// What a configuration reload replaces: sources by path, routes, per-request limits. A
-/// request takes the table current when it starts and keeps it to its end.
+/// What a configuration reload replaces: sources by path, routes, the sinks they name,
+/// per-request limits. A request takes the table current when it starts and keeps it to its
+/// end, so its routes always find their sinks (a sink a reload removed is closed only once no
+/// table that names it is in use).
 struct Table {
     sources: HashMap<String, (Source, Vec<IpNet>)>,
     routes: RouteTable,
+    sinks: Arc<Sinks>,
     max_body_bytes: usize,
     body_read_timeout: Duration,
     trusted_proxies: Vec<IpNet>,
@@ -78,6 +81,7 @@ impl Table {
     fn build(
         endpoints: Vec<Endpoint>,
         routes: RouteTable,
+        sinks: Arc<Sinks>,
         sink_exists: &dyn Fn(&str) -> bool,
         limits: &Limits,
     ) -> Result<Table, BuildError> {
@@ -108,6 +112,7 @@ impl Table {
         Ok(Table {
             sources,
             routes,
+            sinks,
             max_body_bytes: limits.max_body_bytes,
             body_read_timeout: limits.body_read_timeout,
             trusted_proxies: limits.trusted_proxies.clone(),
@@ -136,7 +141,13 @@ impl Relay {
         metrics: Metrics,
     ) -> Result<Relay, BuildError> {
         let sinks = acceptor.sinks();
-        let table = Table::build(endpoints, routes, &|s| sinks.contains_key(s), &limits)?;
+        let table = Table::build(
+            endpoints,
+            routes,
+            sinks.clone(),
+            &|s| sinks.contains_key(s),
+            &limits,
+        )?;
         Ok(Relay {
             table: std::sync::RwLock::new(Arc::new(table)),
             acceptor,
@@ -154,7 +165,14 @@ impl Relay {
         sink_names: &[&str],
         limits: &Limits,
     ) -> Result<(), BuildError> {
-        Table::build(endpoints, routes, &|s| sink_names.contains(&s), limits).map(|_| ())
+        Table::build(
+            endpoints,
+            routes,
+            Arc::default(),
+            &|s| sink_names.contains(&s),
+            limits,
+        )
+        .map(|_| ())
     }
 
     /// Replace sources, routes and per-request limits (`max_in_flight` is kept), and with
@@ -170,12 +188,15 @@ impl Relay {
         limits: &Limits,
         sinks: Option<Sinks>,
     ) -> Result<Retired, BuildError> {
-        let running = self.acceptor.sinks();
-        let names = sinks.as_ref().unwrap_or(&running);
+        let next = match &sinks {
+            Some(s) => Arc::new(s.clone()),
+            None => self.acceptor.sinks(),
+        };
         let table = Arc::new(Table::build(
             endpoints,
             routes,
-            &|s| names.contains_key(s),
+            next.clone(),
+            &|s| next.contains_key(s),
             limits,
         )?);
         let switch = || match self.table.write() {
@@ -517,6 +538,7 @@ impl Relay {
             .accept(Delivery {
                 message,
                 targets: &prepared.route.sinks,
+                sinks: &table.sinks,
                 label: prepared.trigger_label,
                 dedupable: prepared.shape != cal_relay_core::Shape::Template,
                 trace,
