@@ -255,3 +255,33 @@ async fn a_spooled_delivery_is_forwarded_in_a_trace_linked_to_its_acceptance() {
         Some(hex::encode(&server.trace_id).as_str())
     );
 }
+
+/// An OTLP endpoint that refuses connections holds up no delivery: each is answered as usual,
+/// and the spans that could not be sent are counted as dropped.
+#[tokio::test]
+async fn a_collector_that_is_down_costs_no_delivery() {
+    let nats = NatsServer::start();
+    let closed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let relay = RelayProcess::start(&config(&nats.url(), closed, "")).await;
+    for n in 0..20 {
+        let (status, text) = post(relay.addr, signed_booking(&booking(&format!("d-{n}"), n)))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay.metric("cal_relay_trace_spans_dropped_total").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no span counted as dropped: {}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(relay.metric("cal_relay_trace_export_errors_total").await >= 1.0);
+    assert_eq!(
+        relay.metric("cal_relay_trace_spans_exported_total").await,
+        0.0
+    );
+    assert_eq!(stream_messages(&nats.url(), "CAL").await.len(), 20);
+}
