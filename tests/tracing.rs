@@ -1,6 +1,7 @@
 //! OpenTelemetry traces, against the real binary: an OTLP/HTTP receiver inside the test decodes
 //! what the relay exports (with `opentelemetry-proto`), and a real nats-server carries the
-//! messages, whose `traceparent` header is read back with the NATS client.
+//! messages, whose `traceparent` header is read back with the NATS client. Also: export over
+//! HTTPS verified against trust roots named by `SSL_CERT_FILE`, and a collector that is down.
 
 mod support;
 
@@ -24,43 +25,65 @@ type Received = Arc<Mutex<Vec<Span>>>;
 
 /// An OTLP/HTTP (protobuf) traces receiver on loopback.
 async fn receiver() -> (SocketAddr, Received) {
+    receiver_with(None).await
+}
+
+/// The same receiver, over TLS with this certificate and key when given.
+async fn receiver_with(tls: Option<tokio_rustls::rustls::ServerConfig>) -> (SocketAddr, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let spans: Received = Arc::default();
     let store = spans.clone();
+    let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let store = store.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let store = store.clone();
-                    async move {
-                        assert_eq!(req.uri().path(), "/v1/traces");
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let export = ExportTraceServiceRequest::decode(body).unwrap();
-                        for resource in export.resource_spans {
-                            for scope in resource.scope_spans {
-                                store.lock().unwrap().extend(scope.spans);
-                            }
+                match acceptor {
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve_export(TokioIo::new(stream), store).await;
                         }
-                        Ok::<_, hyper::Error>(
-                            Response::builder()
-                                .header("content-type", "application/x-protobuf")
-                                .body(Full::new(Bytes::new()))
-                                .unwrap(),
-                        )
                     }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    None => serve_export(TokioIo::new(stream), store).await,
+                }
             });
         }
     });
     (addr, spans)
+}
+
+/// Answer OTLP trace exports on one connection, keeping the spans.
+async fn serve_export<I>(io: I, store: Received)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let store = store.clone();
+        async move {
+            assert_eq!(req.uri().path(), "/v1/traces");
+            let body = req.into_body().collect().await?.to_bytes();
+            let export = ExportTraceServiceRequest::decode(body).unwrap();
+            for resource in export.resource_spans {
+                for scope in resource.scope_spans {
+                    store.lock().unwrap().extend(scope.spans);
+                }
+            }
+            Ok::<_, hyper::Error>(
+                Response::builder()
+                    .header("content-type", "application/x-protobuf")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
 }
 
 /// Wait until the spans received satisfy `done`; the spans.
@@ -100,12 +123,16 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 }
 
 fn config(nats: &str, otlp: SocketAddr, delivery: &str) -> String {
+    config_to(nats, &format!("http://{otlp}"), delivery)
+}
+
+fn config_to(nats: &str, otlp: &str, delivery: &str) -> String {
     let sink = format!(
         "type = \"nats\"\nurl = \"{nats}\"\nack_timeout_ms = 2000\nstream = {{ name = \"CAL\", subjects = [\"cal.>\"] }}"
     );
     one_sink_config("bus", &sink)
         + &format!(
-            "\n[tracing]\notlp_endpoint = \"http://{otlp}\"\nservice_name = \"cal-relay-test\"\nexport_interval_ms = 200\n"
+            "\n[tracing]\notlp_endpoint = \"{otlp}\"\nservice_name = \"cal-relay-test\"\nexport_interval_ms = 200\n"
         )
         + delivery
 }
@@ -284,4 +311,44 @@ async fn a_collector_that_is_down_costs_no_delivery() {
         0.0
     );
     assert_eq!(stream_messages(&nats.url(), "CAL").await.len(), 20);
+}
+
+/// An HTTPS endpoint: the export is verified against the system's trust roots, here a
+/// certificate made in the test and named by `SSL_CERT_FILE`, as an operator would add a
+/// private CA.
+#[tokio::test]
+async fn spans_go_to_an_https_endpoint_verified_against_the_trust_roots() {
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let nats = NatsServer::start();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, made.cert.pem()).unwrap();
+    let server = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(made.cert.der().to_vec())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.key_pair.serialize_der())),
+    )
+    .unwrap();
+    let (otlp, received) = receiver_with(Some(server)).await;
+    let endpoint = format!("https://localhost:{}", otlp.port());
+    let relay = RelayProcess::start_with_env(
+        &config_to(&nats.url(), &endpoint, ""),
+        &[("SSL_CERT_FILE".to_owned(), ca.display().to_string())],
+    )
+    .await;
+    let (status, text) = post(relay.addr, signed_booking(&booking("https", 1)))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    spans_until(&received, |s| named(s, "POST /webhooks/cal").is_some()).await;
+    assert_eq!(
+        relay.metric("cal_relay_trace_export_errors_total").await,
+        0.0
+    );
 }
