@@ -521,7 +521,7 @@ async fn sinks_for_reload(
         for (name, config) in &new.sinks {
             let unchanged = running_config
                 .get(name)
-                .is_some_and(|c| format!("{c:?}") == format!("{config:?}"));
+                .is_some_and(|c| !differs(c, config));
             if let (true, Some(sink)) = (unchanged, running.get(name)) {
                 sinks.insert(name.clone(), sink.clone());
                 continue;
@@ -791,9 +791,13 @@ fn config_hash(config: &Config) -> String {
 }
 
 /// Settings a reload cannot change: what differs from the running process, by key.
+/// Whether two settings differ (compared by their Debug text: the configuration types have no
+/// `PartialEq`; secrets are compared, never printed).
+fn differs(a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug) -> bool {
+    format!("{a:?}") != format!("{b:?}")
+}
+
 fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
-    let differs =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let (a, b) = (&started.server, &new.server);
     let mut keys = Vec::new();
     for (key, changed) in [
@@ -852,17 +856,17 @@ async fn reload(
     let limits = limits(&new)?;
     // In confirm mode, sinks are rebuilt where their configuration changed; the spool's lanes
     // are per sink, so in spool mode they need a restart (see needs_restart).
-    let sinks = if started.delivery.mode != "spool"
-        && format!("{running_sinks:?}") != format!("{:?}", new.sinks)
-    {
+    let sinks = if started.delivery.mode != "spool" && differs(running_sinks, &new.sinks) {
         Some(sinks_for_reload(running_sinks, &relay.sinks(), &new).await?)
     } else {
         None
     };
+    // The sinks built for this reload: closed again if it is refused.
+    let running = relay.sinks();
     let fresh: Vec<Arc<dyn Sink>> = sinks
         .iter()
         .flat_map(|s| s.values())
-        .filter(|s| !relay.sinks().values().any(|r| Arc::ptr_eq(r, s)))
+        .filter(|s| !running.values().any(|r| Arc::ptr_eq(r, s)))
         .cloned()
         .collect();
     let applied = sinks.is_some();

@@ -411,6 +411,15 @@ async fn sigterm_stops_cleanly_and_unsigned_can_be_allowed() {
     assert_eq!(read_lines(&relay.path("events.jsonl")).len(), 1);
 }
 
+/// `cal-relay check-config --config PATH`, run.
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cal-relay"))
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_config_redacts_secrets_and_names_bad_keys() {
     let dir = tempfile::tempdir().unwrap();
@@ -422,11 +431,7 @@ fn check_config_redacts_secrets_and_names_bad_keys() {
             .replace("{dir}", "/tmp"),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cal-relay"))
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check_config(&good);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("cal.booking.created"), "{text}");
@@ -435,11 +440,7 @@ fn check_config_redacts_secrets_and_names_bad_keys() {
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nmax_body_bytes = \"lots\"\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cal-relay"))
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_body_bytes"), "{err}");
@@ -469,11 +470,7 @@ fn check_config_refuses_sink_settings_a_start_would_refuse() {
             one_sink_config("out", sink).replace("{listen}", "127.0.0.1:0"),
         )
         .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cal-relay"))
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check_config(&path);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{sink}: accepted");
         assert!(

@@ -244,29 +244,23 @@ async fn watch_config_reloads_when_the_file_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_added_by_reload_takes_messages_once_ready() {
     let nats = NatsServer::start();
-    let sinks = |with_file: bool, with_bus: bool, to: &str| {
-        let mut text = format!(
-            "\n[server]\nlisten = \"{{listen}}\"\n\n[[sources]]\nname = \"cal\"\npath = \"{SOURCE_PATH}\"\nsecrets = [\"{OLD}\"]\nreplay_window_secs = 0\n"
-        );
-        if with_file {
-            text += "\n[sinks.log]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n";
-        }
-        if with_bus {
-            text += &format!(
-                "\n[sinks.bus]\ntype = \"nats\"\nurl = \"{}\"\nstream = {{ name = \"CAL\", subjects = [\"cal.>\"] }}\n",
-                nats.url()
-            );
-        }
-        text + &format!("\n[[routes]]\ntriggers = [\"*\"]\nsinks = [\"{to}\"]\n")
-    };
-    let relay = Arc::new(RelayProcess::start(&sinks(true, false, "log")).await);
+    let file = one_sink_config("log", "type = \"file\"\npath = \"{dir}/events.jsonl\"");
+    let bus = one_sink_config(
+        "bus",
+        &format!(
+            "type = \"nats\"\nurl = \"{}\"\nstream = {{ name = \"CAL\", subjects = [\"cal.>\"] }}",
+            nats.url()
+        ),
+    );
+    let secret = fixture_secret();
+    let relay = Arc::new(RelayProcess::start(&file).await);
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
-        let (relay, stop) = (relay.clone(), stop.clone());
+        let (relay, stop, secret) = (relay.clone(), stop.clone(), secret.clone());
         tokio::spawn(async move {
             let (mut i, mut failed) = (0, Vec::new());
             while !stop.load(Ordering::Relaxed) {
-                let status = send(&relay, OLD, &format!("load-{i}")).await;
+                let status = send(&relay, &secret, &format!("load-{i}")).await;
                 if status != 200 {
                     failed.push((i, status));
                 }
@@ -278,7 +272,7 @@ async fn a_sink_added_by_reload_takes_messages_once_ready() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The bus sink replaces the file sink, and every route moves to it.
-    write_config(&relay, &sinks(false, true, "bus"));
+    write_config(&relay, &bus);
     hangup(&relay);
     wait_reloads(&relay, "ok", 1.0).await;
     assert_eq!(
@@ -292,7 +286,7 @@ async fn a_sink_added_by_reload_takes_messages_once_ready() {
         failed.is_empty(),
         "failed requests across the reload: {failed:?}"
     );
-    assert_eq!(send(&relay, OLD, "after").await, 200);
+    assert_eq!(send(&relay, &secret, "after").await, 200);
     let in_file = read_lines(&relay.path("events.jsonl")).len();
     let on_bus = stream_messages(&nats.url(), "CAL").await;
     assert!(in_file > 0, "deliveries before the reload went to the file");
@@ -308,9 +302,9 @@ async fn a_sink_added_by_reload_takes_messages_once_ready() {
         "every delivery exactly once"
     );
     // A sink that does not become ready refuses the whole reload; the bus stays.
-    let dead = sinks(false, true, "bus").replace(&nats.url(), "nats://127.0.0.1:9");
+    let dead = bus.replace(&nats.url(), "nats://127.0.0.1:9");
     write_config(&relay, &dead);
     hangup(&relay);
     wait_reloads(&relay, "error", 1.0).await;
-    assert_eq!(send(&relay, OLD, "still").await, 200);
+    assert_eq!(send(&relay, &secret, "still").await, 200);
 }

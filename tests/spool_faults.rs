@@ -33,11 +33,60 @@ fn envelope_of(size: usize, uid: &str) -> Vec<u8> {
 }
 
 async fn wait_drained(relay: &RelayProcess) {
+    wait_pending_at_most(relay, 0.0).await;
+}
+
+/// Wait until at most `left` entries are pending.
+async fn wait_pending_at_most(relay: &RelayProcess, left: f64) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while relay.metric("cal_relay_spool_entries").await > 0.0 {
-        assert!(Instant::now() < deadline, "never drained: {}", relay.log());
+    while relay.metric("cal_relay_spool_entries").await > left {
+        assert!(
+            Instant::now() < deadline,
+            "never drained to {left}: {}",
+            relay.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A spooling relay (with `spool_extra`) on `nats` whose stream PINGS keeps one message per
+/// subject and discards new ones: of the two PINGs sent here, the second is refused for as
+/// long as the test runs. Bookings go to the stream CAL.
+async fn with_a_stuck_ping(nats: &NatsServer, spool_extra: &str) -> RelayProcess {
+    use async_nats::jetstream::{self, stream};
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(stream::Config {
+        name: "PINGS".into(),
+        subjects: vec!["cal.ping".into()],
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.create_stream(stream::Config {
+        name: "CAL".into(),
+        subjects: vec!["cal.booking.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sink = format!(
+        "type = \"nats\"\nurl = \"{}\"\nack_timeout_ms = 1000",
+        nats.url()
+    );
+    let relay =
+        RelayProcess::start(&(one_sink_config("bus", &sink) + &spool_section(spool_extra))).await;
+    let ping = |n: u32| {
+        format!(r#"{{"triggerEvent":"PING","createdAt":"2026-12-01T00:00:00.000Z","payload":{{"n":{n}}}}}"#)
+            .into_bytes()
+    };
+    for n in 0..2 {
+        let (status, text) = post(relay.addr, signed_booking(&ping(n))).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+    }
+    relay
 }
 
 #[tokio::test]
@@ -316,45 +365,12 @@ async fn sigterm_during_forwarding_leaves_no_duplicate() {
 /// delivery is forwarded meanwhile, and the stuck one becomes a dead letter after max_age_secs.
 #[tokio::test]
 async fn a_stuck_entry_holds_up_only_its_own_key() {
-    use async_nats::jetstream::{self, stream};
     let nats = NatsServer::start();
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    js.create_stream(stream::Config {
-        name: "PINGS".into(),
-        subjects: vec!["cal.ping".into()],
-        max_messages_per_subject: 1,
-        discard: stream::DiscardPolicy::New,
-        discard_new_per_subject: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    js.create_stream(stream::Config {
-        name: "CAL".into(),
-        subjects: vec!["cal.booking.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let sink = format!(
-        "type = \"nats\"\nurl = \"{}\"\nack_timeout_ms = 1000",
-        nats.url()
-    );
-    let relay = RelayProcess::start(
-        &(one_sink_config("bus", &sink)
-            + &spool_section(
-                "lanes = 1\nmax_age_secs = 8\nretry_initial_ms = 100\nretry_max_ms = 300",
-            )),
+    let relay = with_a_stuck_ping(
+        &nats,
+        "lanes = 1\nmax_age_secs = 8\nretry_initial_ms = 100\nretry_max_ms = 300",
     )
     .await;
-    let ping = |n: u32| {
-        format!(r#"{{"triggerEvent":"PING","createdAt":"2026-12-01T00:00:00.000Z","payload":{{"n":{n}}}}}"#)
-            .into_bytes()
-    };
-    for n in 0..2 {
-        let (status, text) = post(relay.addr, signed_booking(&ping(n))).await.unwrap();
-        assert_eq!(status, 202, "{text}");
-    }
     // The second ping is refused by its stream from now on; the bookings behind it in the one
     // lane must not wait for it.
     for n in 0..20u64 {
@@ -403,45 +419,12 @@ async fn a_stuck_entry_holds_up_only_its_own_key() {
 /// finds only the stuck entry still to send.
 #[tokio::test]
 async fn compaction_reclaims_the_segments_behind_a_stuck_entry() {
-    use async_nats::jetstream::{self, stream};
     let nats = NatsServer::start();
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    js.create_stream(stream::Config {
-        name: "PINGS".into(),
-        subjects: vec!["cal.ping".into()],
-        max_messages_per_subject: 1,
-        discard: stream::DiscardPolicy::New,
-        discard_new_per_subject: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    js.create_stream(stream::Config {
-        name: "CAL".into(),
-        subjects: vec!["cal.booking.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let sink = format!(
-        "type = \"nats\"\nurl = \"{}\"\nack_timeout_ms = 1000",
-        nats.url()
-    );
-    let mut relay = RelayProcess::start(
-        &(one_sink_config("bus", &sink)
-            + &spool_section(
-                "max_bytes = 4194304\nmax_age_secs = 3600\nretry_initial_ms = 100\nretry_max_ms = 300",
-            )),
+    let mut relay = with_a_stuck_ping(
+        &nats,
+        "max_bytes = 4194304\nmax_age_secs = 3600\nretry_initial_ms = 100\nretry_max_ms = 300",
     )
     .await;
-    let ping = |n: u32| {
-        format!(r#"{{"triggerEvent":"PING","createdAt":"2026-12-01T00:00:00.000Z","payload":{{"n":{n}}}}}"#)
-            .into_bytes()
-    };
-    for n in 0..2 {
-        let (status, text) = post(relay.addr, signed_booking(&ping(n))).await.unwrap();
-        assert_eq!(status, 202, "{text}");
-    }
     // About 3 KB each in the log: 6 MB in all, more than the spool's max_bytes, at a pace
     // (about 1 MB/s at most) that gives compaction its second.
     let bookings = 2000u64;
@@ -451,15 +434,7 @@ async fn compaction_reclaims_the_segments_behind_a_stuck_entry() {
         assert_eq!(status, 202, "booking {n}: {text}");
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while relay.metric("cal_relay_spool_entries").await > 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "never drained to the stuck entry: {}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_pending_at_most(&relay, 1.0).await;
     assert_eq!(
         stream_messages(&nats.url(), "CAL").await.len() as u64,
         bookings

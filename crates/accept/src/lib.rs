@@ -130,13 +130,17 @@ impl Acceptor {
     /// configuration that names them. A delivery carries the sinks of the configuration it was
     /// routed by ([`Delivery::sinks`]), so one routed before the switch still finds its own.
     /// Returns the sinks no longer running, for [`Acceptor::retire`].
-    pub fn replace_sinks(&self, new: Sinks, switch: impl FnOnce()) -> Result<Retired, SinksFixed> {
+    pub fn replace_sinks(
+        &self,
+        new: Arc<Sinks>,
+        switch: impl FnOnce(),
+    ) -> Result<Retired, SinksFixed> {
         if self.spool.is_some() {
             return Err(SinksFixed);
         }
         let old = self.sinks();
         switch();
-        self.store(Arc::new(new.clone()));
+        self.store(new.clone());
         Ok(old
             .iter()
             .filter(|(name, sink)| !new.get(*name).is_some_and(|n| Arc::ptr_eq(n, sink)))
@@ -330,7 +334,7 @@ mod tests {
         let before = acceptor.sinks();
         let mut next: Sinks = BTreeMap::new();
         next.insert("new".into(), new.clone());
-        let retired = acceptor.replace_sinks(next, || {}).unwrap();
+        let retired = acceptor.replace_sinks(Arc::new(next), || {}).unwrap();
         assert_eq!(retired.len(), 1);
         assert_eq!(retired[0].0, "old");
         assert_eq!(acceptor.sinks().keys().collect::<Vec<_>>(), ["new"]);

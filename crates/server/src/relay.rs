@@ -188,10 +188,8 @@ impl Relay {
         limits: &Limits,
         sinks: Option<Sinks>,
     ) -> Result<Retired, BuildError> {
-        let next = match &sinks {
-            Some(s) => Arc::new(s.clone()),
-            None => self.acceptor.sinks(),
-        };
+        let replaced = sinks.is_some();
+        let next = sinks.map(Arc::new).unwrap_or_else(|| self.acceptor.sinks());
         let table = Arc::new(Table::build(
             endpoints,
             routes,
@@ -203,25 +201,21 @@ impl Relay {
             Ok(mut current) => *current = table,
             Err(poisoned) => *poisoned.into_inner() = table,
         };
-        match sinks {
-            None => {
-                switch();
-                Ok(Vec::new())
-            }
-            Some(sinks) => {
-                let retired = self
-                    .acceptor
-                    .replace_sinks(sinks, switch)
-                    .map_err(|e| BuildError::Sinks(e.to_string()))?;
-                for (name, _) in &retired {
-                    let _ = self
-                        .metrics
-                        .sink_ready
-                        .remove_label_values(&[name.as_str()]);
-                }
-                Ok(retired)
-            }
+        if !replaced {
+            switch();
+            return Ok(Vec::new());
         }
+        let retired = self
+            .acceptor
+            .replace_sinks(next, switch)
+            .map_err(|e| BuildError::Sinks(e.to_string()))?;
+        for (name, _) in &retired {
+            let _ = self
+                .metrics
+                .sink_ready
+                .remove_label_values(&[name.as_str()]);
+        }
+        Ok(retired)
     }
 
     fn table(&self) -> Arc<Table> {

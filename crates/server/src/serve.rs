@@ -297,9 +297,11 @@ mod tests {
     async fn a_finished_one_is_not_run_again() {
         let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = runs.clone();
-        RunToEnd::new(async move {
+        // Counts every poll (an async block would panic, unseen, if polled again).
+        RunToEnd::new(std::future::poll_fn(move |_| {
             count.fetch_add(1, Ordering::SeqCst);
-        })
+            std::task::Poll::Ready(())
+        }))
         .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(runs.load(Ordering::SeqCst), 1);

@@ -160,28 +160,26 @@ fn run<E: SpanExporter>(
             }
         }
     };
+    // Everything queued now, and the batch, sent.
+    let export_queued = |exporter: &E, batch: &mut Vec<SpanData>| {
+        while let Ok(Command::Span(span)) = spans.try_recv() {
+            batch.push(*span);
+            if batch.len() >= BATCH {
+                export(exporter, batch);
+            }
+        }
+        export(exporter, batch);
+    };
     loop {
         while let Ok(command) = control.try_recv() {
             match command {
                 Command::Resource(resource) => exporter.set_resource(&resource),
                 Command::Flush(reply) => {
-                    while let Ok(Command::Span(span)) = spans.try_recv() {
-                        batch.push(*span);
-                        if batch.len() >= BATCH {
-                            export(&exporter, &mut batch);
-                        }
-                    }
-                    export(&exporter, &mut batch);
+                    export_queued(&exporter, &mut batch);
                     let _ = reply.send(());
                 }
                 Command::Stop(reply) => {
-                    while let Ok(Command::Span(span)) = spans.try_recv() {
-                        batch.push(*span);
-                        if batch.len() >= BATCH {
-                            export(&exporter, &mut batch);
-                        }
-                    }
-                    export(&exporter, &mut batch);
+                    export_queued(&exporter, &mut batch);
                     let _ = exporter.shutdown();
                     let _ = reply.send(());
                     return;
