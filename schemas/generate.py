@@ -3,7 +3,7 @@ the envelope {triggerEvent, createdAt, payload} with that trigger's payload. Wri
 Cal.com's documentation and sending code (what fields each trigger carries); lenient as
 Cal.com is: additional properties are allowed everywhere, and `required` lists only what every
 delivery of the trigger carries. MEETING_STARTED/MEETING_ENDED describe the body after the
-relay wrapped it. Run `python3 schemas/generate.py` after editing; the files are committed and
+relay wrapped it, and the enveloped shapes of the scheduled and queued paths. Run `python3 schemas/generate.py` after editing; the files are committed and
 embedded in the binary (`cal-relay schema`).
 """
 
@@ -110,7 +110,9 @@ NO_SHOW_VIDEO = obj(
     },
     ["bookingUid"],
 )
-DELEGATION = obj({"error": O, "credential": O, "user": O})
+# DELEGATION_CREDENTIAL_ERROR: {error, credential, user}; the rotation triggers:
+# {delegationCredential[, error]}. No booking.
+DELEGATION = obj({"error": O, "credential": O, "user": O, "delegationCredential": O})
 
 PAYLOADS = {
     "BOOKING_CREATED": booking(),
@@ -137,12 +139,35 @@ PAYLOADS = {
     "RECORDING_TRANSCRIPTION_GENERATED": booking({"downloadLinks": O}, ["downloadLinks"]),
     "INSTANT_MEETING": obj({"title": S, "body": S, "icon": S, "url": S, "actions": {"type": "array"}, "requireInteraction": B, "type": S, "tag": S}),
     "INSTANT_MEETING_ACCEPTED": booking(),
-    # The booking row, as the relay wraps the flat body (payload = every root field but
-    # triggerEvent); the smallest form Cal.com sends is {id, startTime, endTime}.
-    "MEETING_STARTED": obj(
-        {"id": I, "uid": S, "title": S, "startTime": TIME, "endTime": TIME, "attendees": {"type": "array"}, "user": O_NULL, "eventType": O_NULL, "status": S, "createdAt": TIME},
-        ["id", "startTime", "endTime"],
-    ),
+    # Three shapes, one per sending path: the booking row (flat, wrapped by the relay, or the
+    # newer scheduled envelope; the smallest flat form Cal.com sends is {id, startTime,
+    # endTime}), or the queued (Tasker) task {bookingId, eventTypeId, userId, teamId,
+    # responses, evt:{title, uid, startTime, ...}}.
+    "MEETING_STARTED": {
+        "type": "object",
+        "properties": {
+            "id": I,
+            "uid": S,
+            "title": S,
+            "startTime": TIME,
+            "endTime": TIME,
+            "attendees": {"type": "array"},
+            "user": O_NULL,
+            "eventType": O_NULL,
+            "status": S,
+            "createdAt": TIME,
+            "bookingId": I,
+            "eventTypeId": I_NULL,
+            "userId": I_NULL,
+            "teamId": I_NULL,
+            "responses": O,
+            "evt": obj({"title": S, "uid": S, "startTime": TIME, "endTime": TIME}),
+        },
+        "anyOf": [
+            {"required": ["id", "startTime", "endTime"]},
+            {"required": ["bookingId", "evt"], "properties": {"evt": {"required": ["uid"]}}},
+        ],
+    },
     "OOO_CREATED": obj({"oooEntry": obj({"id": I, "uuid": S, "start": TIME, "end": TIME, "createdAt": TIME, "updatedAt": TIME, "notes": S_NULL, "reason": O_NULL, "reasonId": I_NULL, "user": O, "toUser": O_NULL})}, ["oooEntry"]),
     "FORM_SUBMITTED": FORM,
     "FORM_SUBMITTED_NO_EVENT": FORM,
@@ -153,9 +178,25 @@ PAYLOADS = {
     "DELEGATION_CREDENTIAL_SECRET_ROTATION_FAILED": DELEGATION,
     "DELEGATION_CREDENTIAL_ROTATION_REQUIRED": DELEGATION,
     "DELEGATION_CREDENTIAL_SECRET_ROTATED": DELEGATION,
+    # As Cal.com's builder writes it: the booking (its uid is the key) and the report.
     "WRONG_ASSIGNMENT_REPORT": obj(
-        {"bookingUid": S, "reportedBy": O, "correctAssignee": S_NULL, "routingFormId": S_NULL, "additionalNotes": S_NULL},
-        ["bookingUid"],
+        {
+            "booking": obj(
+                {"uid": S, "id": I, "title": S, "startTime": TIME, "endTime": TIME, "status": S, "eventType": O_NULL},
+                ["uid"],
+            ),
+            "report": obj(
+                {
+                    "reportedBy": O_NULL,
+                    "firstAssignmentReason": S_NULL,
+                    "guest": S_NULL,
+                    "host": O_NULL,
+                    "correctAssignee": S_NULL,
+                    "additionalNotes": S_NULL,
+                }
+            ),
+        },
+        ["booking", "report"],
     ),
     "CALENDAR_ENTRY_REJECTED": O,
     "PING": obj({"type": S, "title": S, "startTime": TIME, "endTime": TIME, "attendees": {"type": "array"}, "organizer": O}),

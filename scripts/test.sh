@@ -21,7 +21,9 @@ command -v nats-server >/dev/null 2>&1 || apt_missing+=(nats-server)
 # Build prerequisites of librdkafka (bundled, built by rdkafka-sys) and of the TLS stacks.
 # iproute2 and util-linux: the run-what-we-ship tests (tests/ship.rs) start the image's root file
 # system in its own network and mount namespaces; debootstrap is installed by image-rootfs.sh.
-for pkg in build-essential pkg-config libssl-dev zlib1g-dev iproute2 util-linux; do
+# faketime (libfaketime): tests/scheduled.rs starts the relay hours ahead of the real clock to
+# replay a delivery "later" without waiting.
+for pkg in build-essential pkg-config libssl-dev zlib1g-dev iproute2 util-linux faketime; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_missing+=("$pkg")
 done
 if [ ${#apt_missing[@]} -gt 0 ]; then

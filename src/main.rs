@@ -68,9 +68,15 @@ enum Command {
         /// Webhook secret to sign with; without it the header says `no-secret-provided`.
         #[arg(long, env = "CAL_RELAY_SEND_SECRET")]
         secret: Option<String>,
-        /// Send the built-in sample of this trigger.
+        /// Send the built-in sample of this trigger (shaped as Cal.com's builders write it,
+        /// times relative to now).
         #[arg(long, conflicts_with = "file")]
         trigger: Option<String>,
+        /// Shape of a MEETING_STARTED / MEETING_ENDED sample: `flat` (older Cal.com),
+        /// `scheduled` (the envelope newer Cal.com builds at booking time and sends at the
+        /// meeting's start or end) or `queued` (Cal.com's task queue).
+        #[arg(long, value_enum, default_value_t, requires = "trigger")]
+        meeting_shape: samples::MeetingShape,
         /// Content-Type to send.
         #[arg(long, default_value = "application/json")]
         content_type: String,
@@ -211,12 +217,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             url,
             secret,
             trigger,
+            meeting_shape,
             content_type,
             webhook_version,
             file,
         } => {
             let body = match (&trigger, &file) {
-                (Some(t), _) => samples::body(t),
+                (Some(t), _) => samples::body(t, meeting_shape),
                 (None, Some(f)) => {
                     std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?
                 }
@@ -1038,16 +1045,8 @@ fn render_config(config: &Config) -> anyhow::Result<String> {
     }
     writeln!(out, "sources:")?;
     for (i, s) in config.sources.iter().enumerate() {
-        let secrets = config.secrets_of(i)?.len();
-        writeln!(
-            out,
-            "  {} at {}: {} secret(s) [redacted], allow_unsigned={}, template_destination={}",
-            s.name,
-            s.path,
-            secrets,
-            s.allow_unsigned,
-            s.template_destination.as_deref().unwrap_or("(none: 400)")
-        )?;
+        writeln!(out, "  {} at {}", s.name, s.path)?;
+        write_source_settings(&mut out, config, i)?;
     }
     writeln!(out, "sinks:")?;
     for (name, sink) in &config.sinks {
@@ -1086,6 +1085,62 @@ fn render_config(config: &Config) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+/// Every effective setting of source `i`, one per line, secrets redacted (their number and
+/// where they come from only).
+fn write_source_settings(out: &mut String, config: &Config, i: usize) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let s = &config.sources[i];
+    let mut from = vec![format!("{} inline", s.secrets.len())];
+    if let Some(file) = &s.secrets_file {
+        from.push(format!("file {}", file.display()));
+    }
+    if let Some(var) = &s.secrets_env {
+        from.push(format!("env {var}"));
+    }
+    writeln!(
+        out,
+        "    secrets: {} [redacted] ({}), allow_unsigned={}",
+        config.secrets_of(i)?.len(),
+        from.join(", "),
+        s.allow_unsigned
+    )?;
+    let allow_from = if s.allow_from.is_empty() {
+        "(any client)".to_owned()
+    } else {
+        s.allow_from.join(",")
+    };
+    writeln!(out, "    allow_from: {allow_from}")?;
+    writeln!(
+        out,
+        "    template_destination: {}",
+        s.template_destination
+            .as_deref()
+            .unwrap_or("(none: templates 400, envelope-like templates by their triggerEvent)")
+    )?;
+    match s.freshness() {
+        Some(f) => writeln!(
+            out,
+            "    replay: replay_window_secs={} scheduled_allowance_secs={} (envelopes by createdAt within {} s; MEETING_STARTED/ENDED by startTime/endTime and FORM_SUBMITTED_NO_EVENT by createdAt within {} s; the rest by de-duplication, window {} s)",
+            s.replay_window_secs,
+            s.scheduled_allowance_secs,
+            f.window.as_secs(),
+            f.longest().as_secs(),
+            config.delivery.dedup_window_secs
+        )?,
+        None => writeln!(
+            out,
+            "    replay: replay_window_secs=0 (no freshness check: de-duplication only, window {} s)",
+            config.delivery.dedup_window_secs
+        )?,
+    }
+    writeln!(
+        out,
+        "    cloudevents: event_source={} template_event_type={}",
+        s.event_source, s.template_event_type
+    )?;
+    Ok(())
 }
 
 /// Write to stdout; a closed pipe (`| head`) is not an error.

@@ -1,6 +1,8 @@
 //! The consumer contract, checked with validators nobody here wrote: every fixture, as the
-//! relay publishes it (MEETING_* after wrapping), validates against the schema `cal-relay
-//! schema` prints for its trigger (Python `jsonschema`, draft 2020-12, formats checked); and
+//! relay publishes it (MEETING_* after wrapping), and every sample `cal-relay send --trigger`
+//! sends, validates against the schema `cal-relay schema` prints for its trigger (Python
+//! `jsonschema`, draft 2020-12, formats checked), and `[schema] check = "warn"` counts no drift
+//! for any of them; and
 //! the AsyncAPI document `cal-relay asyncapi` prints for every shipped `config/*.toml` passes
 //! the official parser (`@asyncapi/parser`) without an error.
 
@@ -31,23 +33,17 @@ fn schema_of(trigger: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[tokio::test]
-async fn every_fixture_as_published_validates_against_its_trigger_schema() {
-    let relay = RelayProcess::start(&one_sink_config(
-        "local",
-        "type = \"file\"\npath = \"{dir}/events.jsonl\"",
-    ))
-    .await;
-    let fixtures: Vec<Fixture> = fixtures()
-        .into_iter()
-        .filter(|f| f.trigger().is_some())
-        .collect();
-    for f in &fixtures {
-        let (status, body) = post_fixture(relay.addr, f).await;
-        assert_eq!(status, 200, "{body}");
-    }
-    let lines = read_lines(&relay.path("events.jsonl"));
-    assert_eq!(lines.len(), fixtures.len());
+/// A relay with the file sink and drift detection on.
+async fn warn_relay() -> RelayProcess {
+    RelayProcess::start(
+        &(one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\"")
+            + "\n[schema]\ncheck = \"warn\"\n"),
+    )
+    .await
+}
+
+/// Validate every published line against its trigger's schema with Python `jsonschema`.
+fn assert_lines_validate(lines: &[Value]) {
     let items: Vec<Value> = lines
         .iter()
         .map(|l| {
@@ -69,6 +65,33 @@ async fn every_fixture_as_published_validates_against_its_trigger_schema() {
             line["headers"]["cal-trigger"]
         );
     }
+}
+
+/// The relay's own drift detection counted nothing.
+async fn assert_no_drift(relay: &RelayProcess) {
+    let (_, text) = get(relay.addr, "/metrics").await.unwrap();
+    let drift: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("cal_relay_schema_violations_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(drift.is_empty(), "{drift:?}");
+}
+
+#[tokio::test]
+async fn every_fixture_as_published_validates_against_its_trigger_schema() {
+    let relay = warn_relay().await;
+    let fixtures: Vec<Fixture> = fixtures()
+        .into_iter()
+        .filter(|f| f.trigger().is_some())
+        .collect();
+    for f in &fixtures {
+        let (status, body) = post_fixture(relay.addr, f).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let lines = read_lines(&relay.path("events.jsonl"));
+    assert_eq!(lines.len(), fixtures.len());
+    assert_lines_validate(&lines);
+    assert_no_drift(&relay).await;
     // The validator does catch what a schema forbids: a wrong-typed field.
     let mut bad = lines[0]["body"].clone();
     bad["createdAt"] = json!(42);
@@ -83,6 +106,47 @@ async fn every_fixture_as_published_validates_against_its_trigger_schema() {
     let errors: Vec<Vec<Value>> = serde_json::from_str(&out).unwrap();
     assert_eq!(errors[0].len(), 1, "{out}");
     assert_eq!(errors[0][0]["path"], "createdAt");
+}
+
+/// What users test their consumers with: the sample of every known trigger (and the three
+/// shapes of MEETING_*), sent by `cal-relay send --trigger`, is what the schemas describe.
+#[tokio::test]
+async fn every_sample_of_send_validates_against_its_trigger_schema() {
+    let relay = warn_relay().await;
+    let url = relay.url(SOURCE_PATH);
+    let mut runs: Vec<Vec<String>> = cal_relay_core::trigger::KNOWN
+        .iter()
+        .map(|t| vec![t.to_string()])
+        .collect();
+    for t in ["MEETING_STARTED", "MEETING_ENDED"] {
+        for shape in ["scheduled", "queued"] {
+            runs.push(vec![t.into(), "--meeting-shape".into(), shape.into()]);
+        }
+    }
+    let secret = fixture_secret();
+    for args in &runs {
+        let out = Command::new(relay_binary())
+            .args(["send", "--url", &url, "--secret", &secret, "--trigger"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let lines = read_lines(&relay.path("events.jsonl"));
+    assert_eq!(lines.len(), runs.len());
+    for (line, args) in lines.iter().zip(&runs) {
+        let keyed = !matches!(
+            args[0].as_str(),
+            "PING" | "INSTANT_MEETING" | "DELEGATION_CREDENTIAL_ERROR"
+        ) && !args[0].starts_with("DELEGATION_");
+        assert_eq!(line["key"].is_string(), keyed, "key of {args:?}");
+    }
+    assert_lines_validate(&lines);
+    assert_no_drift(&relay).await;
 }
 
 #[test]

@@ -470,9 +470,11 @@ fn fresh(uid: &str, offset_secs: i64) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_captured_delivery_replayed_later_is_never_published_twice() {
-    let config = one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\"")
-        .replace("replay_window_secs = 0", "replay_window_secs = 5")
-        + &spool_section("dedup_window_secs = 5");
+    let config =
+        one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\"").replace(
+            "replay_window_secs = 0",
+            "replay_window_secs = 5\nscheduled_allowance_secs = 0",
+        ) + &spool_section("dedup_window_secs = 5");
     let mut relay = RelayProcess::start(&config).await;
     let captured = fresh("replayed", 0);
     let sent_at = Instant::now();

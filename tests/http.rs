@@ -47,14 +47,17 @@ async fn every_fixture_is_relayed_with_destination_key_headers_and_body() {
     .await;
     let fixtures = fixtures();
     for f in &fixtures {
-        let mut req = Post::signed(PATH, "unused", &f.body, f.content_type());
+        let mut req = f.as_sent(PATH, "unused");
         // The exact header value Cal.com sent, from the manifest.
         req.headers[1].1 = f.signature().to_owned();
         let (status, answer) = post(relay.addr, req).await.unwrap();
         assert_eq!(status, 200, "{}: {answer}", f.file());
         let answer: Value = serde_json::from_str(&answer).unwrap();
         assert_eq!(answer["status"], "accepted");
-        assert_eq!(answer["deliveryId"], f.delivery_id());
+        assert!(
+            f.is_message_id(answer["deliveryId"].as_str().unwrap()),
+            "{answer}"
+        );
     }
 
     let lines = read_lines(&relay.path("events.jsonl"));
@@ -80,7 +83,11 @@ async fn every_fixture_is_relayed_with_destination_key_headers_and_body() {
             "{name}"
         );
         let h = &line["headers"];
-        assert_eq!(h["cal-webhook-version"], "2021-10-20", "{name}");
+        assert_eq!(
+            h["cal-webhook-version"].as_str().map(str::to_owned),
+            f.expected_webhook_version(),
+            "{name}"
+        );
         assert!(
             h["cal-received-at"].as_str().unwrap().ends_with('Z'),
             "{name}"

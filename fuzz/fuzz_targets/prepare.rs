@@ -6,13 +6,13 @@
 //!
 //! Input: `flags, sig_len, sig[sig_len], ct_len, ct[ct_len], body...` (flags bit 0: sign the
 //! body correctly instead of sending `sig`; bit 1: no content type; bit 2: no signature;
-//! bit 3: a one-hour replay window).
+//! bit 3: a one-hour replay window, six hours more for scheduled triggers).
 #![no_main]
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cal_relay_core::{sign, Inbound, Route, RouteTable, Shape, Source, Verifier};
+use cal_relay_core::{sign, Freshness, Inbound, Route, RouteTable, Shape, Source, Verifier};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -54,7 +54,10 @@ fuzz_target!(|input: &[u8]| {
         verifier: Verifier::new(&[SECRET], false),
         template_destination: Some("cal.custom".into()),
         // Both ways: off, and a window the fixtures' createdAt is outside of.
-        replay_window: (flags & 8 != 0).then(|| Duration::from_secs(3600)),
+        freshness: (flags & 8 != 0).then_some(Freshness {
+            window: Duration::from_secs(3600),
+            scheduled_allowance: Duration::from_secs(6 * 3600),
+        }),
         event_source: "https://cal.com".into(),
         template_event_type: "com.cal.template".into(),
         cloudevents: flags & 16 != 0,

@@ -62,6 +62,36 @@ impl Fixture {
     pub fn delivery_id(&self) -> &str {
         self.meta["sha256"].as_str().unwrap()
     }
+    /// The `X-Cal-Webhook-Version` Cal.com sent with it (the queued paths send `undefined`).
+    pub fn webhook_version(&self) -> String {
+        self.meta["webhook_version_header"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| manifest()["webhook_version"].as_str().unwrap().to_owned())
+    }
+    /// The `cal-webhook-version` header the relay passes on: none for `undefined`.
+    pub fn expected_webhook_version(&self) -> Option<String> {
+        Some(self.webhook_version()).filter(|v| v != "undefined")
+    }
+    /// The request Cal.com sent: body, content type, signature with `secret`, webhook version.
+    pub fn as_sent<'a>(&self, path: &'a str, secret: &str) -> Post<'a> {
+        let mut p = Post::signed(path, secret, &self.body, self.content_type());
+        p.headers.retain(|(n, _)| *n != "x-cal-webhook-version");
+        p.headers
+            .push(("x-cal-webhook-version", self.webhook_version()));
+        p
+    }
+    /// Whether `id` is this fixture's message id (broker de-duplication id, the answer's
+    /// `deliveryId`): the body's SHA-256, or for a template (whose bytes repeat across bookings)
+    /// that hash followed by `-` and a part unique to the delivery.
+    pub fn is_message_id(&self, id: &str) -> bool {
+        if self.is_template() {
+            id.strip_prefix(self.delivery_id())
+                .is_some_and(|rest| rest.len() > 1 && rest.starts_with('-'))
+        } else {
+            id == self.delivery_id()
+        }
+    }
     pub fn is_flat(&self) -> bool {
         self.meta["flat"].as_bool().unwrap_or(false)
     }
@@ -69,7 +99,7 @@ impl Fixture {
         self.trigger().is_none()
     }
     /// The partition key by the relay's rule: payload (root when flat) `uid`, `bookingUid`,
-    /// `oooEntry.uuid`, `formId`.
+    /// `booking.uid`, `evt.uid`, `oooEntry.uuid`, `formId`.
     pub fn expected_key(&self) -> Option<String> {
         if self.is_template() {
             return None;
@@ -83,6 +113,8 @@ impl Fixture {
         let key = [
             &p["uid"],
             &p["bookingUid"],
+            &p["booking"]["uid"],
+            &p["evt"]["uid"],
             &p["oooEntry"]["uuid"],
             &p["formId"],
         ]
@@ -186,12 +218,9 @@ pub fn run_interop(program: &str, args: &[&str], input: &[u8]) -> (bool, String,
 
 /// POST fixture `f` to the fixture source of `addr`, signed as Cal.com signs it.
 pub async fn post_fixture(addr: SocketAddr, f: &Fixture) -> (u16, String) {
-    post(
-        addr,
-        Post::signed(SOURCE_PATH, &fixture_secret(), &f.body, f.content_type()),
-    )
-    .await
-    .unwrap()
+    post(addr, f.as_sent(SOURCE_PATH, &fixture_secret()))
+        .await
+        .unwrap()
 }
 
 /// `n` distinct free loopback ports: all bound at once, then released (one at a time, two
@@ -356,6 +385,12 @@ impl RelayProcess {
         let _ = self.child.wait();
         self.child = spawn(&self.config_path, &self.log_path, &self.env, &self.args);
         self.wait_healthy().await;
+    }
+
+    /// Stop the process and start it again with `env` in place of its extra environment.
+    pub async fn restart_with_env(&mut self, env: &[(String, String)]) {
+        self.env = env.to_vec();
+        self.restart().await;
     }
 
     async fn wait_healthy(&mut self) {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use cal_relay_core::{Route, RouteTable, Source, Verifier};
+use cal_relay_core::{Freshness, Route, RouteTable, Source, Verifier};
 use cal_relay_server::{Endpoint, ServerConfig};
 use cal_relay_sink_amqp::AmqpSinkConfig;
 use cal_relay_sink_file::FileSinkConfig;
@@ -195,10 +195,17 @@ pub struct SourceConfig {
     /// Client addresses (CIDRs) allowed to deliver to this source; empty: any (403 otherwise).
     #[serde(default)]
     pub allow_from: Vec<String>,
-    /// An envelope whose `createdAt` is older than this many seconds (or more than 5 minutes
-    /// in the future) is refused with 401 `stale_delivery`; 0 turns the check off.
+    /// Replay protection: a delivery sent more than this many seconds ago is refused with 401
+    /// `stale_delivery` (an envelope's send time is its `createdAt`, more than 5 minutes in the
+    /// future is refused too; a scheduled meeting's is its `startTime` / `endTime`); 0 turns
+    /// every freshness check off.
     #[serde(default = "default_replay_window")]
     pub replay_window_secs: u64,
+    /// How much later still a scheduled delivery may come, on top of `replay_window_secs`:
+    /// MEETING_STARTED / MEETING_ENDED past their start / end, FORM_SUBMITTED_NO_EVENT past its
+    /// `createdAt` (sent about 15 minutes after the submission by a cron that can run late).
+    #[serde(default = "default_scheduled_allowance")]
+    pub scheduled_allowance_secs: u64,
     /// CloudEvents `source` of this endpoint's messages (for sinks with `cloudevents` on).
     #[serde(default = "default_event_source")]
     pub event_source: String,
@@ -222,6 +229,25 @@ pub const DEFAULT_REPLAY_WINDOW_SECS: u64 = 3600;
 
 fn default_replay_window() -> u64 {
     DEFAULT_REPLAY_WINDOW_SECS
+}
+
+/// Six hours: Cal.com's task cron runs every minute; this covers a cron (or a Cal.com) that was
+/// down for hours, and, with the hour of the replay window, stays well inside the default
+/// de-duplication window (24 h), which must cover it.
+pub const DEFAULT_SCHEDULED_ALLOWANCE_SECS: u64 = 6 * 3600;
+
+fn default_scheduled_allowance() -> u64 {
+    DEFAULT_SCHEDULED_ALLOWANCE_SECS
+}
+
+impl SourceConfig {
+    /// The replay rule of this source; `None` when `replay_window_secs` is 0.
+    pub fn freshness(&self) -> Option<Freshness> {
+        (self.replay_window_secs > 0).then(|| Freshness {
+            window: std::time::Duration::from_secs(self.replay_window_secs),
+            scheduled_allowance: std::time::Duration::from_secs(self.scheduled_allowance_secs),
+        })
+    }
 }
 
 /// `[sinks.NAME]`, chosen by `type`.
@@ -541,14 +567,17 @@ impl Config {
             }
             cal_relay_server::parse_nets(&s.allow_from)
                 .map_err(|e| invalid(format!("sources[{i}].allow_from"), e))?;
-            if s.replay_window_secs > d.dedup_window_secs {
-                return Err(invalid(
-                    format!("sources[{i}].replay_window_secs"),
-                    format!(
-                        "{} s is longer than delivery.dedup_window_secs ({} s): a replay inside the window would be published again",
-                        s.replay_window_secs, d.dedup_window_secs
-                    ),
-                ));
+            if let Some(f) = s.freshness() {
+                let longest = f.longest().as_secs();
+                if longest > d.dedup_window_secs {
+                    return Err(invalid(
+                        format!("sources[{i}].replay_window_secs"),
+                        format!(
+                            "replay_window_secs + scheduled_allowance_secs ({} + {} = {longest} s) is longer than delivery.dedup_window_secs ({} s): a replay inside the window would be published again",
+                            s.replay_window_secs, s.scheduled_allowance_secs, d.dedup_window_secs
+                        ),
+                    ));
+                }
             }
             let secrets = self.secrets_of(i)?;
             if secrets.is_empty() && !s.allow_unsigned {
@@ -633,8 +662,7 @@ impl Config {
                         .map_err(|e| invalid(format!("sources[{i}].allow_from"), e))?,
                     path: s.path.clone(),
                     source: Source {
-                        replay_window: (s.replay_window_secs > 0)
-                            .then(|| std::time::Duration::from_secs(s.replay_window_secs)),
+                        freshness: s.freshness(),
                         name: s.name.clone(),
                         verifier: Verifier::new(&secrets, s.allow_unsigned),
                         template_destination: s.template_destination.clone(),

@@ -1,7 +1,11 @@
 //! Bringing a delivery body into the standard envelope `{triggerEvent, createdAt, payload}`.
 //!
-//! - An envelope (a JSON object with a string `triggerEvent` and an object `payload`) is kept
-//!   byte-identical: it is scanned once, without building a `serde_json::Value`.
+//! - An envelope (a JSON object with a string `triggerEvent`, a string `createdAt` and an object
+//!   `payload`) is kept byte-identical: it is scanned once, without building a
+//!   `serde_json::Value`. Every envelope Cal.com sends carries a string `createdAt`.
+//! - An object with a `triggerEvent` and a `payload` object but no string `createdAt` is a custom
+//!   template imitating the envelope (it renders the same bytes for different bookings): a
+//!   template body, which remembers the trigger it renders ([`Normalized::rendered_trigger`]).
 //! - A flat MEETING_STARTED/MEETING_ENDED object (a `triggerEvent` but no `payload` object) is
 //!   wrapped: `payload` holds every root field but `triggerEvent`, each field's bytes copied as
 //!   they came, and `createdAt` is the receive time.
@@ -76,14 +80,23 @@ pub struct Normalized {
     pub shape: Shape,
     /// The root `triggerEvent`, absent for templates.
     pub trigger: Option<String>,
-    /// Partition key: `uid`, else `bookingUid`, else `oooEntry.uuid`, else `formId` of the payload.
+    /// Partition key: `uid`, else `bookingUid`, else `booking.uid`, else `evt.uid`, else
+    /// `oooEntry.uuid`, else `formId` of the payload.
     pub key: Option<String>,
     pub body: Bytes,
     pub content_type: String,
     /// The body was scanned and is well-formed JSON (always so for envelopes and wrapped bodies).
     pub json: bool,
-    /// An envelope's root `createdAt` string (when Cal.com made the delivery), if it has one.
+    /// An envelope's root `createdAt` string (when Cal.com made, or scheduled, the delivery).
     pub created_at: Option<String>,
+    /// When Cal.com meant to send the delivery, where the payload says so: the `startTime`
+    /// (MEETING_STARTED) or `endTime` (MEETING_ENDED) of an enveloped meeting, read from the
+    /// payload or its `evt` (the queued shape). `None` for every other body.
+    pub scheduled_for: Option<String>,
+    /// A template imitating the envelope (`triggerEvent` and a `payload` object, no string
+    /// `createdAt`): the trigger it renders, to route it by when the source has no
+    /// `template_destination`. `None` for every other body.
+    pub rendered_trigger: Option<String>,
 }
 
 /// Why a body cannot be relayed.
@@ -120,23 +133,33 @@ pub fn normalize(
         TriggerField::Str(t) if trigger::is_valid(&t) => t,
         TriggerField::Str(_) => return Err(NormalizeError::InvalidTrigger),
     };
-    match root.payload {
-        Some(keys) => Ok(Normalized {
+    match (root.payload, root.created_at) {
+        (Some(keys), Some(created_at)) => Ok(Normalized {
             shape: Shape::Envelope,
-            trigger: Some(trigger),
+            scheduled_for: keys.scheduled_time(&trigger),
             key: keys.pick(),
+            trigger: Some(trigger),
             body,
             content_type: JSON.to_owned(),
             json: true,
-            created_at: root.created_at,
+            created_at: Some(created_at),
+            rendered_trigger: None,
+        }),
+        // No string createdAt: a template rendering the envelope's field names, whose bytes
+        // repeat across bookings. Never an envelope, so never de-duplicated.
+        // Its payload's key is kept: a template that renders a uid still orders by booking.
+        (Some(keys), None) => Ok(Normalized {
+            rendered_trigger: Some(trigger),
+            key: keys.pick(),
+            ..template(body, content_type, true)
         }),
         // A custom JSON template can render `"triggerEvent":"{{triggerEvent}}"` and a few
         // fields without a payload: only the triggers Cal.com really sends flat are wrapped,
         // so a trigger's destination carries that trigger's envelope and nothing else.
-        None if !trigger::FLAT.contains(&trigger.as_str()) => {
+        (None, _) if !trigger::FLAT.contains(&trigger.as_str()) => {
             Ok(template(body, content_type, true))
         }
-        None => {
+        (None, _) => {
             let wrapped = wrap(&body, &trigger, received_at).map_err(NormalizeError::Wrap)?;
             Ok(Normalized {
                 shape: Shape::Flat,
@@ -147,6 +170,8 @@ pub fn normalize(
                 json: true,
                 // A flat body's root createdAt is the booking's, not the delivery's.
                 created_at: None,
+                scheduled_for: None,
+                rendered_trigger: None,
             })
         }
     }
@@ -169,6 +194,8 @@ fn template(body: Bytes, content_type: Option<&str>, json: bool) -> Normalized {
     Normalized {
         json,
         created_at: None,
+        scheduled_for: None,
+        rendered_trigger: None,
         shape: Shape::Template,
         trigger: None,
         key: None,
@@ -315,23 +342,55 @@ impl<'de> Deserialize<'de> for Root {
     }
 }
 
-/// The fields a partition key can come from.
+/// The fields a partition key (and a meeting's scheduled time) can come from.
 #[derive(Default)]
 struct KeyFields {
     uid: Option<String>,
     booking_uid: Option<String>,
+    /// `booking.uid` (WRONG_ASSIGNMENT_REPORT).
+    booking: Option<String>,
+    /// `evt.uid`, `evt.startTime`, `evt.endTime` (the queued MEETING_* shape).
+    evt: Times,
     ooo_uuid: Option<String>,
     form_id: Option<String>,
+    times: Times,
+}
+
+/// The string fields of a nested object the scan keeps: `uid`, `uuid`, `startTime`, `endTime`.
+#[derive(Default)]
+struct Times {
+    uid: Option<String>,
+    uuid: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
 }
 
 impl KeyFields {
     /// The first usable candidate: a key goes into broker headers and record keys, so one with
     /// control characters or over [`MAX_KEY_BYTES`] is not used (the message has no key).
     fn pick(self) -> Option<String> {
-        [self.uid, self.booking_uid, self.ooo_uuid, self.form_id]
-            .into_iter()
-            .flatten()
-            .find(|k| usable_key(k))
+        [
+            self.uid,
+            self.booking_uid,
+            self.booking,
+            self.evt.uid,
+            self.ooo_uuid,
+            self.form_id,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|k| usable_key(k))
+    }
+
+    /// When a scheduled meeting trigger was due: MEETING_STARTED at the booking's start,
+    /// MEETING_ENDED at its end (the payload's own times first, then those of its `evt`).
+    fn scheduled_time(&self, trigger: &str) -> Option<String> {
+        let pick = |t: &Times| match trigger {
+            "MEETING_STARTED" => t.start.clone(),
+            "MEETING_ENDED" => t.end.clone(),
+            _ => None,
+        };
+        pick(&self.times).or_else(|| pick(&self.evt))
     }
 
     /// Read the value of field `name` from `map`, keeping it if it is a key field.
@@ -340,7 +399,11 @@ impl KeyFields {
             b"uid" => self.uid = map.next_value::<Loose>()?.0,
             b"bookingUid" => self.booking_uid = map.next_value::<Loose>()?.0,
             b"formId" => self.form_id = map.next_value::<Loose>()?.0,
-            b"oooEntry" => self.ooo_uuid = map.next_value::<OooEntry>()?.0,
+            b"startTime" => self.times.start = map.next_value::<Loose>()?.0,
+            b"endTime" => self.times.end = map.next_value::<Loose>()?.0,
+            b"oooEntry" => self.ooo_uuid = map.next_value::<Nested>()?.0.uuid,
+            b"booking" => self.booking = map.next_value::<Nested>()?.0.uid,
+            b"evt" => self.evt = map.next_value::<Nested>()?.0,
             _ => {
                 map.next_value::<Strict>()?;
             }
@@ -373,29 +436,33 @@ impl<'de> Deserialize<'de> for Payload {
     }
 }
 
-/// `oooEntry.uuid` when `oooEntry` is an object with a string `uuid`.
-struct OooEntry(Option<String>);
+/// An object's string `uid`, `uuid`, `startTime` and `endTime`; nothing for any other value.
+struct Nested(Times);
 
-impl<'de> Deserialize<'de> for OooEntry {
+impl<'de> Deserialize<'de> for Nested {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = OooEntry;
+            type Value = Nested;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OooEntry, A::Error> {
-                let mut uuid = None;
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Nested, A::Error> {
+                let mut t = Times::default();
                 while let Some(key) = map.next_key::<Key<'de>>()? {
-                    if key.0.as_ref() == b"uuid" {
-                        uuid = map.next_value::<Loose>()?.0;
-                    } else {
-                        map.next_value::<Strict>()?;
+                    match key.0.as_ref() {
+                        b"uid" => t.uid = map.next_value::<Loose>()?.0,
+                        b"uuid" => t.uuid = map.next_value::<Loose>()?.0,
+                        b"startTime" => t.start = map.next_value::<Loose>()?.0,
+                        b"endTime" => t.end = map.next_value::<Loose>()?.0,
+                        _ => {
+                            map.next_value::<Strict>()?;
+                        }
                     }
                 }
-                Ok(OooEntry(uuid))
+                Ok(Nested(t))
             }
-            any_other_value!(OooEntry(None));
+            any_other_value!(Nested(Times::default()));
         }
         d.deserialize_any(V)
     }
@@ -472,6 +539,46 @@ mod tests {
         assert_eq!(n(r#"{"uid":5,"title":"t"}"#), None);
         // Keys are compared after their escapes are resolved.
         assert_eq!(n(r#"{"u\u0069d":"e"}"#).as_deref(), Some("e"));
+    }
+
+    #[test]
+    fn an_envelope_without_a_string_created_at_is_a_template() {
+        for body in [
+            &br#"{"triggerEvent":"BOOKING_CREATED","payload":{"eventType":"30 Min","uid":"u"}}"#[..],
+            br#"{"triggerEvent":"BOOKING_CREATED","createdAt":5,"payload":{"uid":"u"}}"#,
+        ] {
+            let n = normalize(Bytes::copy_from_slice(body), Some(JSON), at()).unwrap();
+            assert_eq!(n.shape, Shape::Template);
+            assert_eq!(n.trigger, None);
+            assert_eq!(n.rendered_trigger.as_deref(), Some("BOOKING_CREATED"));
+            assert_eq!(n.key.as_deref(), Some("u"));
+            assert_eq!(n.created_at, None);
+            assert_eq!(n.body.as_ref(), body);
+        }
+    }
+
+    #[test]
+    fn real_shapes_have_keys_and_meetings_their_due_time() {
+        let n = |b: &'static str| normalize(Bytes::from_static(b.as_bytes()), None, at()).unwrap();
+        let report = n(
+            r#"{"triggerEvent":"WRONG_ASSIGNMENT_REPORT","createdAt":"c","payload":{"booking":{"uid":"b1","id":1},"report":{"guest":"g"}}}"#,
+        );
+        assert_eq!(report.key.as_deref(), Some("b1"));
+        assert_eq!(report.scheduled_for, None);
+        let queued = n(
+            r#"{"triggerEvent":"MEETING_STARTED","createdAt":"c","payload":{"bookingId":1,"evt":{"uid":"e1","startTime":"s","endTime":"e"}}}"#,
+        );
+        assert_eq!(queued.key.as_deref(), Some("e1"));
+        assert_eq!(queued.scheduled_for.as_deref(), Some("s"));
+        let ended = n(
+            r#"{"triggerEvent":"MEETING_ENDED","createdAt":"c","payload":{"uid":"u","startTime":"s","endTime":"e","evt":{"endTime":"x"}}}"#,
+        );
+        assert_eq!(ended.key.as_deref(), Some("u"));
+        assert_eq!(ended.scheduled_for.as_deref(), Some("e"));
+        let booking = n(
+            r#"{"triggerEvent":"BOOKING_CREATED","createdAt":"c","payload":{"uid":"u","startTime":"s"}}"#,
+        );
+        assert_eq!(booking.scheduled_for, None);
     }
 
     #[test]

@@ -28,8 +28,8 @@ pub struct Source {
     pub name: String,
     pub verifier: Verifier,
     pub template_destination: Option<String>,
-    /// Refuse envelopes whose `createdAt` is older than this (replay protection); `None`: off.
-    pub replay_window: Option<Duration>,
+    /// Replay protection (refusing deliveries sent too long ago); `None`: off.
+    pub freshness: Option<Freshness>,
     /// CloudEvents `source` of this endpoint's messages (a URI).
     pub event_source: String,
     /// CloudEvents `type` of its template bodies (which carry no trigger).
@@ -61,6 +61,15 @@ pub fn event_time(created_at: Option<&str>, received_at: SystemTime) -> String {
     let created =
         created_at.and_then(|c| humantime::parse_rfc3339_weak(c.trim_end_matches('Z')).ok());
     humantime::format_rfc3339_millis(created.unwrap_or(received_at)).to_string()
+}
+
+/// The `X-Cal-Webhook-Version` value worth passing on: Cal.com's queued paths send the literal
+/// `undefined` (their task schema drops the version), which, like an empty value, says nothing;
+/// a value unfit for broker headers is not passed on either.
+pub fn webhook_version(raw: &str) -> Option<&str> {
+    let v = raw.trim();
+    let meaningless = v.is_empty() || v == "undefined" || v == "null";
+    (!meaningless && normalize::usable_header_value(v)).then_some(v)
 }
 
 /// How far in the future an envelope's `createdAt` may be (the sender's clock running ahead).
@@ -130,24 +139,93 @@ pub fn delivery_id(body: &[u8]) -> String {
     }
 }
 
-/// Whether an envelope made at `created_at` (RFC 3339) and received at `now` is within the
-/// replay window. A `createdAt` that is not a time cannot be checked and passes (the signature
-/// still covers the body; de-duplication still applies).
-fn check_fresh(created_at: &str, now: SystemTime, window: Duration) -> Result<(), Rejection> {
-    let Ok(created) = humantime::parse_rfc3339_weak(created_at.trim_end_matches('Z')) else {
+/// Replay protection: how long after Cal.com sent a delivery the relay still takes it. What says
+/// when a delivery was sent depends on its kind (see [`Freshness::check`]); a delivery no time
+/// speaks for is protected by de-duplication alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// How far in the past the send time may be (`replay_window_secs`).
+    pub window: Duration,
+    /// How much later than that a scheduled delivery may still come, its sender being a cron
+    /// that can run late (`scheduled_allowance_secs`).
+    pub scheduled_allowance: Duration,
+}
+
+/// The triggers whose envelope `createdAt` is when the delivery was scheduled, not sent, with
+/// no better time in the payload: FORM_SUBMITTED_NO_EVENT is stored at submission and sent
+/// about 15 minutes later by a cron.
+pub const SENT_AFTER_CREATED_AT: &[&str] = &["FORM_SUBMITTED_NO_EVENT"];
+
+impl Freshness {
+    /// The longest a delivery of any kind stays acceptable after it was sent: the
+    /// de-duplication window must cover it, so a replay inside it is a duplicate.
+    pub fn longest(&self) -> Duration {
+        self.window + self.scheduled_allowance
+    }
+
+    /// Whether `n`, received at `now`, was sent recently enough:
+    /// - an enveloped MEETING_STARTED / MEETING_ENDED (its `createdAt` is the booking time) is
+    ///   judged by the meeting's `startTime` / `endTime`, when Cal.com sends it, within the
+    ///   window plus the scheduled allowance; a time ahead of now is never a replay and passes;
+    /// - FORM_SUBMITTED_NO_EVENT by its `createdAt`, within the window plus the allowance;
+    /// - every other envelope by its `createdAt`, within the window, and at most
+    ///   [`MAX_CLOCK_AHEAD`] in the future;
+    /// - flat and template bodies, and a time that does not parse, are not judged here (the
+    ///   signature still covers the body; de-duplication still applies to envelopes and flat
+    ///   bodies).
+    pub fn check(&self, n: &normalize::Normalized, now: SystemTime) -> Result<(), Rejection> {
+        if n.shape != Shape::Envelope {
+            return Ok(());
+        }
+        let trigger = n.trigger.as_deref().unwrap_or_default();
+        if trigger::FLAT.contains(&trigger) {
+            let field = if trigger == "MEETING_STARTED" {
+                "startTime"
+            } else {
+                "endTime"
+            };
+            return match &n.scheduled_for {
+                Some(due) => check_age(field, due, now, self.longest(), None),
+                None => Ok(()),
+            };
+        }
+        let Some(created) = &n.created_at else {
+            return Ok(());
+        };
+        let window = if SENT_AFTER_CREATED_AT.contains(&trigger) {
+            self.longest()
+        } else {
+            self.window
+        };
+        check_age("createdAt", created, now, window, Some(MAX_CLOCK_AHEAD))
+    }
+}
+
+/// Whether the time `value` of `field` (RFC 3339), seen at `now`, is at most `window` in the
+/// past and, with `ahead`, at most that far in the future. A value that is not a time passes.
+fn check_age(
+    field: &str,
+    value: &str,
+    now: SystemTime,
+    window: Duration,
+    ahead: Option<Duration>,
+) -> Result<(), Rejection> {
+    let Ok(at) = humantime::parse_rfc3339_weak(value.trim_end_matches('Z')) else {
         return Ok(());
     };
-    match now.duration_since(created) {
+    match now.duration_since(at) {
         Ok(age) if age > window => Err(Rejection::Stale(format!(
-            "createdAt {created_at} is more than replay_window_secs ({} s) in the past",
+            "{field} {value} is more than {} s in the past (the replay window for this trigger)",
             window.as_secs()
         ))),
         Ok(_) => Ok(()),
-        Err(ahead) if ahead.duration() > MAX_CLOCK_AHEAD => Err(Rejection::Stale(format!(
-            "createdAt {created_at} is more than {} s in the future",
-            MAX_CLOCK_AHEAD.as_secs()
-        ))),
-        Err(_) => Ok(()),
+        Err(early) => match ahead {
+            Some(limit) if early.duration() > limit => Err(Rejection::Stale(format!(
+                "{field} {value} is more than {} s in the future",
+                limit.as_secs()
+            ))),
+            _ => Ok(()),
+        },
     }
 }
 
@@ -168,6 +246,7 @@ impl Source {
     fn event_attributes(
         &self,
         normalized: &normalize::Normalized,
+        trigger: Option<&str>,
         received_at: SystemTime,
         webhook_version: Option<&str>,
         received: String,
@@ -176,7 +255,7 @@ impl Source {
         event.push((Cow::Borrowed("source"), self.event_source.clone()));
         event.push((
             Cow::Borrowed("type"),
-            match &normalized.trigger {
+            match trigger {
                 Some(t) => event_type(t),
                 None => self.template_event_type.clone(),
             },
@@ -190,7 +269,7 @@ impl Source {
             event.push((Cow::Borrowed("partitionkey"), key.clone()));
         }
         event.push((Cow::Borrowed("recordedtime"), received));
-        if let Some(v) = webhook_version.filter(|v| normalize::usable_header_value(v)) {
+        if let Some(v) = webhook_version {
             event.push((Cow::Borrowed("calwebhookversion"), v.to_owned()));
         }
         event
@@ -210,11 +289,21 @@ impl Source {
         let id = delivery_id(&inbound.body);
         let normalized =
             normalize::normalize(inbound.body, inbound.content_type, inbound.received_at)?;
-        if let (Some(window), Some(created)) = (self.replay_window, &normalized.created_at) {
-            check_fresh(created, inbound.received_at, window)?;
+        if let Some(freshness) = &self.freshness {
+            freshness.check(&normalized, inbound.received_at)?;
         }
 
-        let (route, trigger_label, destination) = match &normalized.trigger {
+        // The trigger a delivery is routed by: an envelope's or flat body's own; a template
+        // imitating the envelope goes to the template destination, or, where the source has
+        // none, by the trigger it renders (as before it was told apart; still a template, so
+        // never de-duplicated).
+        let routed_by = normalized.trigger.clone().or_else(|| {
+            self.template_destination
+                .is_none()
+                .then(|| normalized.rendered_trigger.clone())
+                .flatten()
+        });
+        let (route, trigger_label, destination) = match &routed_by {
             Some(t) => {
                 let route = routes
                     .find(t)
@@ -236,15 +325,13 @@ impl Source {
                 (route, trigger::TEMPLATE_LABEL, destination)
             }
         };
+        let webhook_version = inbound.webhook_version.and_then(webhook_version);
 
         let mut hdrs = Vec::with_capacity(5);
-        if let Some(t) = &normalized.trigger {
+        if let Some(t) = &routed_by {
             hdrs.push((Cow::Borrowed(headers::TRIGGER), t.clone()));
         }
-        if let Some(v) = inbound
-            .webhook_version
-            .filter(|v| normalize::usable_header_value(v))
-        {
+        if let Some(v) = webhook_version {
             hdrs.push((Cow::Borrowed(headers::WEBHOOK_VERSION), v.to_owned()));
         }
         hdrs.push((Cow::Borrowed(headers::DELIVERY_ID), id.clone()));
@@ -259,17 +346,33 @@ impl Source {
         let event = if self.cloudevents {
             self.event_attributes(
                 &normalized,
+                routed_by.as_deref(),
                 inbound.received_at,
-                inbound.webhook_version,
+                webhook_version,
                 received,
             )
         } else {
             Vec::new()
         };
 
+        // A template's bytes repeat across bookings: its message id (broker de-duplication by
+        // `Nats-Msg-Id` or `message_id`, the CloudEvents id) is made unique with the receive
+        // time, so a broker never drops the second of two identical templates. The
+        // `cal-delivery-id` header stays the body's hash.
+        let message_id = if normalized.shape == Shape::Template {
+            let nanos = inbound
+                .received_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            format!("{id}-{nanos:x}")
+        } else {
+            id.clone()
+        };
+
         Ok(Prepared {
             message: Message {
-                id,
+                id: message_id,
                 destination,
                 key: normalized.key,
                 headers: hdrs,
@@ -290,31 +393,125 @@ impl Source {
 mod tests {
     use super::*;
 
-    #[test]
-    fn replay_window_bounds_created_at() {
-        use std::time::UNIX_EPOCH;
-        let now = UNIX_EPOCH + Duration::from_secs(1_768_210_200);
-        let w = Duration::from_secs(3600);
-        let at = |secs: i64| {
-            humantime::format_rfc3339_millis(if secs >= 0 {
-                now + Duration::from_secs(secs as u64)
-            } else {
-                now - Duration::from_secs((-secs) as u64)
-            })
-            .to_string()
+    use std::time::UNIX_EPOCH;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_768_210_200)
+    }
+
+    /// `now` shifted by `secs`, as RFC 3339.
+    fn at(secs: i64) -> String {
+        let t = if secs >= 0 {
+            now() + Duration::from_secs(secs as u64)
+        } else {
+            now() - Duration::from_secs((-secs) as u64)
         };
-        assert!(check_fresh(&at(-3599), now, w).is_ok());
-        assert!(check_fresh(&at(299), now, w).is_ok());
-        let past = check_fresh(&at(-3601), now, w).unwrap_err().to_string();
-        assert!(past.contains("in the past"), "{past}");
-        let future = check_fresh(&at(301), now, w).unwrap_err().to_string();
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+
+    const RULE: Freshness = Freshness {
+        window: Duration::from_secs(3600),
+        scheduled_allowance: Duration::from_secs(6 * 3600),
+    };
+
+    fn judge(body: String) -> Result<(), Rejection> {
+        let n = normalize::normalize(Bytes::from(body), None, now()).unwrap();
+        RULE.check(&n, now())
+    }
+
+    fn envelope(trigger: &str, created: i64, payload: &str) -> String {
+        format!(
+            r#"{{"triggerEvent":"{trigger}","createdAt":"{}","payload":{payload}}}"#,
+            at(created)
+        )
+    }
+
+    #[test]
+    fn an_envelope_is_judged_by_its_created_at() {
+        assert!(judge(envelope("BOOKING_CREATED", -3599, "{}")).is_ok());
+        assert!(judge(envelope("BOOKING_CREATED", 299, "{}")).is_ok());
+        let past = judge(envelope("BOOKING_CREATED", -3601, "{}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            past.contains("createdAt") && past.contains("in the past"),
+            "{past}"
+        );
+        let future = judge(envelope("BOOKING_CREATED", 301, "{}"))
+            .unwrap_err()
+            .to_string();
         assert!(future.contains("in the future"), "{future}");
-        assert!(check_fresh("not a time", now, w).is_ok());
+        let not_a_time = r#"{"triggerEvent":"PING","createdAt":"x","payload":{}}"#;
+        assert!(judge(not_a_time.to_owned()).is_ok());
+    }
+
+    #[test]
+    fn a_scheduled_meeting_is_judged_by_when_it_was_due() {
+        let three_weeks = 21 * 24 * 3600;
+        let started = |due: i64| {
+            let p = format!(r#"{{"uid":"bk","startTime":"{}","endTime":"x"}}"#, at(due));
+            judge(envelope("MEETING_STARTED", -three_weeks, &p))
+        };
+        assert!(
+            started(0).is_ok(),
+            "booked three weeks ahead, sent at its start"
+        );
+        assert!(started(-7 * 3600 + 1).is_ok(), "a late cron");
+        assert!(
+            started(3 * 24 * 3600).is_ok(),
+            "ahead of now is never a replay"
+        );
+        let late = started(-7 * 3600 - 1).unwrap_err().to_string();
+        assert!(late.contains("startTime"), "{late}");
+        // MEETING_ENDED by its endTime; the queued shape by its evt's times.
+        let ended = format!(
+            r#"{{"uid":"bk","startTime":"{}","endTime":"{}"}}"#,
+            at(-8 * 3600),
+            at(-60)
+        );
+        assert!(judge(envelope("MEETING_ENDED", -three_weeks, &ended)).is_ok());
+        let queued = |due: i64| {
+            let p = format!(
+                r#"{{"bookingId":1,"evt":{{"uid":"bk","startTime":"{}"}}}}"#,
+                at(due)
+            );
+            judge(envelope("MEETING_STARTED", -three_weeks, &p))
+        };
+        assert!(queued(-30).is_ok());
+        assert!(queued(-8 * 3600).is_err());
+        // No time to judge by: left to de-duplication.
+        assert!(judge(envelope("MEETING_ENDED", -three_weeks, r#"{"uid":"bk"}"#)).is_ok());
+    }
+
+    #[test]
+    fn a_form_without_event_has_its_allowance() {
+        assert!(judge(envelope("FORM_SUBMITTED_NO_EVENT", -2 * 3600, "{}")).is_ok());
+        assert!(judge(envelope("FORM_SUBMITTED_NO_EVENT", -7 * 3600 + 1, "{}")).is_ok());
+        assert!(judge(envelope("FORM_SUBMITTED_NO_EVENT", -7 * 3600 - 1, "{}")).is_err());
+        assert!(judge(envelope("FORM_SUBMITTED", -2 * 3600, "{}")).is_err());
+    }
+
+    #[test]
+    fn flat_and_template_bodies_are_not_judged() {
+        let flat = format!(
+            r#"{{"triggerEvent":"MEETING_ENDED","uid":"u","createdAt":"{}","endTime":"{}"}}"#,
+            at(-30 * 24 * 3600),
+            at(-30 * 24 * 3600)
+        );
+        assert!(judge(flat).is_ok());
+        assert!(judge(r#"{"triggerEvent":"BOOKING_CREATED","payload":{}}"#.to_owned()).is_ok());
+    }
+
+    #[test]
+    fn a_meaningless_webhook_version_is_absent() {
+        assert_eq!(webhook_version("2021-10-20"), Some("2021-10-20"));
+        for v in ["undefined", "", " ", "null", "a\u{1}"] {
+            assert_eq!(webhook_version(v), None, "{v:?}");
+        }
     }
 
     #[test]
     fn event_type_and_time_follow_one_rule() {
-        use std::time::UNIX_EPOCH;
         assert_eq!(event_type("BOOKING_CREATED"), "com.cal.booking_created");
         assert_eq!(
             event_type("AFTER_HOSTS_CAL_VIDEO_NO_SHOW")

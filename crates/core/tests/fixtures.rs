@@ -89,7 +89,8 @@ fn every_fixture_normalizes_as_the_manifest_says() {
     }
 }
 
-/// payload `uid`, else `bookingUid`, else `oooEntry.uuid`, else `formId` (root for flat bodies).
+/// payload `uid`, else `bookingUid`, `booking.uid`, `evt.uid`, `oooEntry.uuid`, `formId` (root
+/// for flat bodies).
 fn expected_key(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     v.get("triggerEvent")?;
@@ -101,6 +102,8 @@ fn expected_key(body: &[u8]) -> Option<String> {
     let key = [
         &p["uid"],
         &p["bookingUid"],
+        &p["booking"]["uid"],
+        &p["evt"]["uid"],
         &p["oooEntry"]["uuid"],
         &p["formId"],
     ]
