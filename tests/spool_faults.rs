@@ -22,7 +22,9 @@ fn nats_config(url: &str, delivery_extra: &str, server_extra: &str) -> String {
 
 /// A signed envelope of exactly `size` bytes.
 fn envelope_of(size: usize, uid: &str) -> Vec<u8> {
-    let head = format!(r#"{{"triggerEvent":"BOOKING_CREATED","payload":{{"uid":"{uid}","pad":""#);
+    let head = format!(
+        r#"{{"triggerEvent":"BOOKING_CREATED","createdAt":"2026-01-12T09:30:00.538Z","payload":{{"uid":"{uid}","pad":""#
+    );
     let tail = "\"}}";
     let pad = size - head.len() - tail.len();
     let mut body = head.into_bytes();

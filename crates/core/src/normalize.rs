@@ -770,7 +770,11 @@ mod tests {
                 noise in proptest::collection::vec(any::<u8>(), 0..4),
                 at_byte in any::<prop::sample::Index>(),
             ) {
-                let mut v = serde_json::json!({"triggerEvent": "BOOKING_CREATED", "payload": {}});
+                let mut v = serde_json::json!({
+                    "triggerEvent": "BOOKING_CREATED",
+                    "createdAt": "2026-01-12T09:30:00.538Z",
+                    "payload": {}
+                });
                 v["payload"]["x"] = value;
                 let mut body = serde_json::to_vec(&v).unwrap();
                 let pos = at_byte.index(body.len());
