@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::signal::unix::Signal;
 
 use anyhow::Context;
 use cal_relay_config::{Config, Loaded, SinkConfig};
@@ -142,6 +143,13 @@ enum SpoolCommand {
 }
 
 fn main() -> ExitCode {
+    // SIGHUP's default action ends the process: until the reload handler is installed (after
+    // the sinks, spool and listener are up, which can take seconds with a backlog) a SIGHUP is
+    // ignored, then the handler registered below catches every later one.
+    // SAFETY: setting a signal's disposition to SIG_IGN, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -153,7 +161,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let hangup = {
+        let _runtime = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    };
+    match runtime.block_on(run(cli, hangup)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -162,7 +174,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, hangup: Option<Signal>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { watch_config } => {
             let loaded = load(cli.config.as_deref())?;
@@ -170,7 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(warning) = loaded.env_warning() {
                 tracing::warn!("{warning}");
             }
-            serve(loaded.config, cli.config.clone(), watch_config).await?;
+            serve(loaded.config, cli.config.clone(), watch_config, hangup).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
@@ -694,7 +706,12 @@ fn start_tracing(
     Ok(Some(exporting))
 }
 
-async fn serve(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    watch: bool,
+    hangup: Option<Signal>,
+) -> anyhow::Result<()> {
     validate(&config)?;
     // In the order the parts depend on each other: metrics, sinks, the spool over them, the
     // delivery policy over both, then the relay in front.
@@ -743,6 +760,7 @@ async fn serve(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::Re
     let relay = Arc::new(relay);
     let reloads = Reloads::register(relay.metrics().registry(), &config)?;
     tokio::spawn(reload_on_hangup(
+        hangup,
         tls.clone(),
         relay.clone(),
         path,
@@ -858,6 +876,8 @@ async fn reload(
     running_sinks: &mut BTreeMap<String, SinkConfig>,
 ) -> anyhow::Result<Config> {
     let new = load(path)?.config;
+    // `[delivery]` keeps its running value: the windows must fit the running de-duplication.
+    new.check_replay_windows(started.delivery.dedup_window_secs)?;
     let endpoints = new.endpoints()?;
     let routes = new.route_table()?;
     let limits = limits(&new)?;
@@ -905,6 +925,7 @@ async fn reload(
 /// (connections already open keep theirs). The handler is installed whatever the
 /// configuration, so a stray SIGHUP never kills the relay.
 async fn reload_on_hangup(
+    hup: Option<Signal>,
     tls: Option<Arc<cal_relay_server::Tls>>,
     relay: Arc<Relay>,
     path: Option<PathBuf>,
@@ -912,10 +933,8 @@ async fn reload_on_hangup(
     started: Config,
     reloads: Reloads,
 ) {
-    #[cfg(unix)]
     {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
+        let Some(mut hup) = hup else {
             return;
         };
         // With --watch-config: the file the configuration came from, and how it looked.
@@ -971,8 +990,6 @@ async fn reload_on_hangup(
             }
         }
     }
-    #[cfg(not(unix))]
-    let _ = (tls, relay, path, watch, started, reloads);
 }
 
 async fn shutdown_signal() {

@@ -250,6 +250,9 @@ impl SourceConfig {
     }
 }
 
+/// Upper bound of `server.max_connections` and `server.max_in_flight`.
+pub const MAX_CONCURRENCY: usize = 1 << 20;
+
 /// `[sinks.NAME]`, chosen by `type`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -509,6 +512,16 @@ impl Config {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        // Each is a semaphore's permit count (tokio takes at most 2^61 - 1); a million is far
+        // beyond what a process's file descriptors or memory allow anyway.
+        for (key, value) in [
+            ("server.max_connections", srv.max_connections),
+            ("server.max_in_flight", srv.max_in_flight),
+        ] {
+            if value > MAX_CONCURRENCY {
+                return Err(invalid(key, format!("must be at most {MAX_CONCURRENCY}")));
+            }
+        }
         if srv.listen_backlog == 0 {
             return Err(invalid("server.listen_backlog", "must be at least 1"));
         }
@@ -567,18 +580,6 @@ impl Config {
             }
             cal_relay_server::parse_nets(&s.allow_from)
                 .map_err(|e| invalid(format!("sources[{i}].allow_from"), e))?;
-            if let Some(f) = s.freshness() {
-                let longest = f.longest().as_secs();
-                if longest > d.dedup_window_secs {
-                    return Err(invalid(
-                        format!("sources[{i}].replay_window_secs"),
-                        format!(
-                            "replay_window_secs + scheduled_allowance_secs ({} + {} = {longest} s) is longer than delivery.dedup_window_secs ({} s): a replay inside the window would be published again",
-                            s.replay_window_secs, s.scheduled_allowance_secs, d.dedup_window_secs
-                        ),
-                    ));
-                }
-            }
             let secrets = self.secrets_of(i)?;
             if secrets.is_empty() && !s.allow_unsigned {
                 return Err(invalid(
@@ -587,6 +588,7 @@ impl Config {
                 ));
             }
         }
+        self.check_replay_windows(d.dedup_window_secs)?;
         if self.sinks.is_empty() {
             return Err(invalid("sinks", "at least one [sinks.NAME] is needed"));
         }
@@ -607,6 +609,28 @@ impl Config {
             }
         }
         self.route_table()?;
+        Ok(())
+    }
+
+    /// Every source's longest replay window fits in a de-duplication window of
+    /// `dedup_window_secs` (this file's own, or on a reload the running one, which a reload
+    /// does not change), so a replay inside a window is still remembered.
+    pub fn check_replay_windows(&self, dedup_window_secs: u64) -> Result<(), ConfigError> {
+        for (i, s) in self.sources.iter().enumerate() {
+            let Some(f) = s.freshness() else {
+                continue;
+            };
+            let longest = f.longest().as_secs();
+            if longest > dedup_window_secs {
+                return Err(invalid(
+                    format!("sources[{i}].replay_window_secs"),
+                    format!(
+                        "replay_window_secs + scheduled_allowance_secs ({} + {} = {longest} s) is longer than the de-duplication window (delivery.dedup_window_secs, {dedup_window_secs} s running): a replay inside the window would be published again",
+                        s.replay_window_secs, s.scheduled_allowance_secs
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! destination overriding the naming rule. The first matching route wins; a delivery goes to
 //! every sink of that route.
 
-/// One route, as configured.
+/// One route, as configured (a sink listed twice is kept once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     patterns: Vec<String>,
@@ -55,9 +55,16 @@ impl Route {
                 }
             })
             .collect::<Result<_, _>>()?;
+        // A sink named twice is one target: the delivery goes to it once.
+        let mut unique: Vec<String> = Vec::with_capacity(sinks.len());
+        for sink in sinks {
+            if !unique.contains(&sink) {
+                unique.push(sink);
+            }
+        }
         Ok(Route {
             patterns,
-            sinks,
+            sinks: unique,
             destination,
         })
     }
@@ -121,6 +128,18 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sink_named_twice_is_one_target() {
+        let r = Route::new(
+            0,
+            &["*".into()],
+            vec!["a".into(), "b".into(), "a".into()],
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.sinks, vec!["a".to_owned(), "b".to_owned()]);
+    }
 
     fn route(triggers: &[&str], sink: &str) -> Route {
         let triggers: Vec<String> = triggers.iter().map(|s| s.to_string()).collect();
