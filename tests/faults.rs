@@ -52,6 +52,34 @@ async fn a_route_naming_a_sink_twice_publishes_once() {
     }
 }
 
+/// Finding 6: de-duplication claims the id before appending or publishing, so 20 deliveries
+/// each sent 8 times at once are published 20 times, in both modes, and every copy is answered
+/// 2xx (the first's outcome).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_a_delivery_are_published_once() {
+    for spool in [false, true] {
+        let mut config = file_sink();
+        if spool {
+            config += &spool_section("");
+        }
+        let relay = RelayProcess::start(&config).await;
+        let bodies: Vec<Vec<u8>> = (0..20)
+            .map(|n| booking(&format!("copies-{n}"), n))
+            .collect();
+        let sends = bodies.iter().flat_map(|body| {
+            (0..8).map(move |_| async move { post(relay.addr, signed_booking(body)).await })
+        });
+        let answers = futures_util::future::join_all(sends).await;
+        for answer in answers {
+            let (status, text) = answer.unwrap();
+            assert!(status == 200 || status == 202, "{text}");
+        }
+        wait_lines(&relay, 20).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(lines(&relay).len(), 20, "spool mode: {spool}");
+    }
+}
+
 fn check_config(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cal-relay.toml");

@@ -4,14 +4,20 @@
 //! written before the answer, not fsync'd: a crash of the process loses nothing, a power cut
 //! may lose the last ids), the file is read back at start and rewritten when it holds more than
 //! twice the live ids.
+//!
+//! An id is claimed before its delivery is appended or published ([`Dedup::claim`]): a copy
+//! that arrives while the first is still in flight waits for the first's outcome instead of
+//! being relayed a second time (or answered `duplicate` before the first is safe).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
 
 /// Recently accepted delivery ids.
 pub struct Dedup {
@@ -26,6 +32,68 @@ struct Inner {
     seen: HashSet<u128>,
     order: VecDeque<(u128, Instant)>,
     file: Option<Persist>,
+    /// Ids claimed by a delivery still being made safe, and where its outcome will be told
+    /// (as many as requests in flight).
+    in_flight: HashMap<u128, watch::Sender<Option<bool>>>,
+}
+
+/// What [`Dedup::claim`] found.
+pub enum Claim<'a> {
+    /// Accepted within the window already.
+    Seen,
+    /// A copy is being made safe right now: [`InFlight::outcome`] says how that ends.
+    InFlight(InFlight),
+    /// This delivery is the first: it holds the id until it settles.
+    First(Reservation<'a>),
+}
+
+/// The first copy's outcome, awaited by a later one.
+pub struct InFlight(watch::Receiver<Option<bool>>);
+
+impl InFlight {
+    /// Whether the first copy was made safe (`false`: it failed, or was dropped unfinished).
+    pub async fn outcome(mut self) -> bool {
+        match self.0.wait_for(Option::is_some).await {
+            Ok(v) => v.unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+}
+
+/// An id claimed by the delivery making it safe. [`Reservation::safe`] remembers it; dropped
+/// otherwise, it is released (a failed delivery may be retried).
+pub struct Reservation<'a> {
+    dedup: &'a Dedup,
+    key: u128,
+    settled: bool,
+}
+
+impl Reservation<'_> {
+    /// The delivery is safe: remember its id, and tell the copies waiting.
+    pub fn safe(mut self) {
+        self.settle(true);
+    }
+
+    fn settle(&mut self, safe: bool) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        let mut inner = self.dedup.lock();
+        // Remembered and released under one lock: a copy sees one or the other.
+        if safe {
+            self.dedup
+                .insert_locked(&mut inner, self.key, Instant::now());
+        }
+        if let Some(tx) = inner.in_flight.remove(&self.key) {
+            tx.send_replace(Some(safe));
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.settle(false);
+    }
 }
 
 /// The id file and how many lines it holds.
@@ -121,17 +189,39 @@ impl Dedup {
         inner.seen.contains(&digest(id))
     }
 
+    /// Claim `id` for a delivery about to be made safe (see [`Claim`]).
+    pub fn claim(&self, id: &str, now: Instant) -> Claim<'_> {
+        let mut inner = self.lock();
+        inner.expire(now, self.window);
+        let key = digest(id);
+        if inner.seen.contains(&key) {
+            return Claim::Seen;
+        }
+        if let Some(tx) = inner.in_flight.get(&key) {
+            return Claim::InFlight(InFlight(tx.subscribe()));
+        }
+        inner.in_flight.insert(key, watch::channel(None).0);
+        Claim::First(Reservation {
+            dedup: self,
+            key,
+            settled: false,
+        })
+    }
+
     /// Remember `id` as accepted at `now`. An id already remembered keeps its first time (so it
     /// expires, and is evicted, on schedule).
     pub fn insert(&self, id: &str, now: Instant) {
         let mut inner = self.lock();
+        self.insert_locked(&mut inner, digest(id), now);
+    }
+
+    fn insert_locked(&self, inner: &mut Inner, key: u128, now: Instant) {
         inner.expire(now, self.window);
-        let key = digest(id);
         if !inner.remember(key, now, self.max_entries) {
             return;
         }
         let live = inner.seen.len();
-        let Inner { order, file, .. } = &mut *inner;
+        let Inner { order, file, .. } = inner;
         let Some(persist) = file.as_mut() else {
             return;
         };
@@ -215,6 +305,35 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_copy_in_flight_waits_for_the_first_and_answers_as_it_does() {
+        let d = Dedup::new(Duration::from_secs(60), 100);
+        let now = Instant::now();
+        let Claim::First(first) = d.claim(A, now) else {
+            panic!("the first claims")
+        };
+        let Claim::InFlight(copy) = d.claim(A, now) else {
+            panic!("a copy waits")
+        };
+        let waiting = tokio::spawn(copy.outcome());
+        first.safe();
+        assert!(waiting.await.unwrap(), "the first was made safe");
+        assert!(matches!(d.claim(A, now), Claim::Seen));
+
+        // A first that fails (dropped unsettled) releases the id: its copy fails, a retry
+        // after it claims anew.
+        let Claim::First(first) = d.claim(B, now) else {
+            panic!()
+        };
+        let Claim::InFlight(copy) = d.claim(B, now) else {
+            panic!()
+        };
+        drop(first);
+        assert!(!copy.outcome().await);
+        assert!(matches!(d.claim(B, now), Claim::First(_)));
+        assert!(!d.seen(B, now));
+    }
 
     const A: &str = "8a1f0c7d2b3e4f5061728394a5b6c7d8e9f00112233445566778899aabbccdd";
     const B: &str = "ffff0c7d2b3e4f5061728394a5b6c7d8e9f00112233445566778899aabbccdd";

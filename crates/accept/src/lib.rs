@@ -16,7 +16,7 @@ use cal_relay_spool::{Spool, SpoolError};
 use cal_relay_telemetry::{attr, Kind, Trace};
 use prometheus::{HistogramVec, IntCounter, IntCounterVec};
 
-pub use dedup::Dedup;
+pub use dedup::{Claim, Dedup};
 
 /// The publish metrics the acceptor keeps: `{sink, trigger}`, `{sink, trigger, reason}`,
 /// `{sink}`, and repeats not published again.
@@ -40,6 +40,9 @@ pub enum Outcome {
     /// The spool refused it and its key has entries waiting there: not published (it would
     /// overtake them). The sender should retry.
     KeyWaiting { error: SpoolError },
+    /// A copy of it arrived first and was still being made safe; that copy failed, so this
+    /// one fails too (the sender retries), rather than being relayed a second time.
+    CopyFailed,
     /// A sink did not confirm it (the others may have it); the spool's refusal when the
     /// publish was a fallback.
     Failed {
@@ -70,6 +73,7 @@ impl Outcome {
             Outcome::Spooled { .. } => "spooled",
             Outcome::Published { .. } => "published",
             Outcome::KeyWaiting { .. } => "key_waiting",
+            Outcome::CopyFailed => "copy_failed",
             Outcome::Failed { .. } => "failed",
         }
     }
@@ -169,10 +173,28 @@ impl Acceptor {
     pub async fn accept(&self, delivery: Delivery<'_>) -> Outcome {
         let message = delivery.message;
         let dedup = self.dedup.as_ref().filter(|_| delivery.dedupable);
-        if dedup.is_some_and(|d| d.seen(&message.id, Instant::now())) {
-            self.metrics.duplicates.inc();
-            return Outcome::Duplicate;
-        }
+        // The id is held from here until the delivery is safe or has failed: a copy arriving
+        // meanwhile waits for this one's outcome and answers as it does.
+        let reservation = match dedup.map(|d| d.claim(&message.id, Instant::now())) {
+            Some(Claim::Seen) => {
+                self.metrics.duplicates.inc();
+                return Outcome::Duplicate;
+            }
+            Some(Claim::InFlight(first)) => {
+                if first.outcome().await {
+                    self.metrics.duplicates.inc();
+                    return Outcome::Duplicate;
+                }
+                return Outcome::CopyFailed;
+            }
+            Some(Claim::First(r)) => Some(r),
+            None => None,
+        };
+        let safe = || {
+            if let Some(r) = reservation {
+                r.safe();
+            }
+        };
         let mut spool_error = None;
         if let Some(spool) = &self.spool {
             let span = delivery
@@ -188,7 +210,7 @@ impl Acceptor {
             span.end();
             match appended {
                 Ok(seq) => {
-                    remember(dedup, &message.id);
+                    safe();
                     return Outcome::Spooled { seq };
                 }
                 // Publishing directly would overtake what this key has waiting.
@@ -204,7 +226,7 @@ impl Acceptor {
         }
         let failures = self.publish(&delivery).await;
         if failures.is_empty() {
-            remember(dedup, &message.id);
+            safe();
             Outcome::Published { spool_error }
         } else {
             Outcome::Failed {
@@ -267,12 +289,6 @@ impl Acceptor {
         }
         let sinks = self.sinks();
         futures_util::future::join_all(sinks.values().map(|s| s.shutdown())).await;
-    }
-}
-
-fn remember(dedup: Option<&Dedup>, id: &str) {
-    if let Some(dedup) = dedup {
-        dedup.insert(id, Instant::now());
     }
 }
 

@@ -589,6 +589,16 @@ impl Relay {
                 });
                 respond::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
             }
+            Outcome::CopyFailed => {
+                self.reject(&source.name, "copy_failed");
+                tracing::warn!(source = %source.name, delivery_id = %message.id, status = 503, latency_ms, "refused: a copy of this delivery arrived first and failed");
+                let body = serde_json::json!({
+                    "error": "copy_failed",
+                    "message": "a copy of this delivery arrived first and could not be made safe; retry later",
+                    "deliveryId": message.id,
+                });
+                respond::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+            }
             Outcome::Published { .. } => {
                 tracing::info!(
                     source = %source.name,
