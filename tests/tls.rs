@@ -158,3 +158,81 @@ async fn http1_and_http2_over_tls_and_a_certificate_swapped_by_sighup() {
     let s = connect(relay.addr, &trusted, b"http/1.1").await;
     assert_eq!(peer_cert(&s), der2);
 }
+
+/// The TLS configuration of these tests with `extra` server settings.
+fn tls_config(dir: &Path, extra: &str) -> String {
+    one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\"").replace(
+        "[server]\n",
+        &format!(
+            "[server]\ntls = {{ cert_file = \"{0}/cert.pem\", key_file = \"{0}/key.pem\" }}\n{extra}\n",
+            dir.display()
+        ),
+    )
+}
+
+/// Review finding 5: idle HTTP/2 connections are closed by the header-read timeout as idle
+/// HTTP/1.1 ones are, so `max_connections` of them do not block deliveries; and one that stops
+/// reading does not hold a graceful shutdown to its full timeout.
+#[tokio::test]
+async fn idle_http2_connections_are_closed_like_http1_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (der, cert, key) = certificate();
+    write_pair(dir.path(), &cert, &key);
+    let config = tls_config(
+        dir.path(),
+        "max_connections = 4\nheader_read_timeout_ms = 1000\nshutdown_timeout_ms = 20000",
+    );
+    let mut relay = RelayProcess::start_listening(&config).await;
+    let trusted = [der];
+    let mut ended = Vec::new();
+    for _ in 0..4 {
+        let tls = connect(relay.addr, &trusted, b"h2").await;
+        let (h2, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        ended.push((h2, tokio::spawn(conn)));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (_h2, conn) in &ended {
+        while !conn.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "an idle h2 connection stayed open"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The slots are free again: a delivery goes through at once.
+    let tls = connect(relay.addr, &trusted, b"http/1.1").await;
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let answer = tokio::time::timeout(Duration::from_secs(3), h1.send_request(delivery(9)))
+        .await
+        .expect("a delivery was held up")
+        .unwrap();
+    assert_eq!(status_of(answer).await.0, 200);
+
+    // A peer that sent the HTTP/2 preface and reads nothing more; SIGTERM.
+    use tokio::io::AsyncWriteExt as _;
+    let mut silent = connect(relay.addr, &trusted, b"h2").await;
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    silent.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let status = relay.terminate();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?}, held by an idle connection",
+        started.elapsed()
+    );
+    drop(silent);
+}

@@ -1,10 +1,13 @@
-//! The accept loop: HTTP/1.1 with keep-alive, bounded connections, header size and count
-//! limits (431), a header-read timeout that also closes idle keep-alive connections, one task per request, and graceful shutdown.
+//! The accept loop: HTTP/1.1 with keep-alive (and HTTP/2 over TLS), bounded connections,
+//! header size and count limits (431), a header-read timeout that also closes idle keep-alive
+//! connections of either protocol, requests run in place on their connection's task, and
+//! graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -118,6 +121,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
+    // Tells HTTP/2 connections, which close themselves (see `serve_h2`), that shutdown began.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     let header_timeout = Duration::from_millis(config.header_read_timeout_ms);
     let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
     tokio::pin!(shutdown);
@@ -146,12 +151,20 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let open = relay.metrics().connections.clone();
         let relay = relay.clone();
+        // Requests running and when the last ended: an HTTP/2 connection is idle when none is.
+        let activity = tls.is_some().then(|| Arc::new(Activity::new()));
+        let active = activity.clone();
         let service = service_fn(move |req| {
             let relay = relay.clone();
+            let busy = active.as_ref().map(|a| a.begin());
             // Once its body is read, a delivery is handled to the end (spooled or published,
             // remembered, counted) even if the client goes away and hyper drops this future:
             // what is left of it then runs in a task of its own.
-            RunToEnd::new(async move { Ok::<_, Infallible>(relay.handle(req, peer).await) })
+            RunToEnd::new(async move {
+                let response = relay.handle(req, peer).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            })
         });
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
@@ -185,7 +198,12 @@ pub async fn serve(
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(u32::try_from(config.max_in_flight).unwrap_or(u32::MAX))
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            // A peer gone without a word is found by pings, as a request runs.
+            .keep_alive_interval(Some(H2_PING_INTERVAL))
+            .keep_alive_timeout(header_timeout);
+        let stop = stop.clone();
+        let activity = activity.unwrap_or_else(|| Arc::new(Activity::new()));
         tokio::spawn(async move {
             open.inc();
             // The handshake gets the same time as a request head.
@@ -194,7 +212,10 @@ pub async fn serve(
                     let h2_chosen = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let io = TokioIo::new(stream);
                     let result = if h2_chosen {
-                        watcher.watch(h2.serve_connection(io, service)).await
+                        // The watcher only holds shutdown until this connection ends.
+                        let _held = watcher;
+                        let conn = h2.serve_connection(io, service);
+                        serve_h2(conn, &activity, header_timeout, stop).await
                     } else {
                         watcher.watch(h1.serve_connection(io, service)).await
                     };
@@ -211,6 +232,7 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
+    stopping.send_replace(true);
     let drain = Duration::from_millis(config.shutdown_timeout_ms);
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
@@ -223,6 +245,107 @@ pub async fn serve(
     }
     relay.shutdown_outputs().await;
     tracing::info!("stopped");
+}
+
+/// How often an HTTP/2 connection is pinged while open.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Requests running on one connection, and since when none has been.
+struct Activity {
+    running: AtomicUsize,
+    /// Milliseconds since `epoch` when the last request ended (or the connection opened).
+    idle_since_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// One running request of an [`Activity`]; its end marks the time.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            running: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// How long no request has run (zero while one does).
+    fn idle_for(&self) -> Duration {
+        if self.running.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        self.epoch.elapsed().saturating_sub(since)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let now = self.0.epoch.elapsed().as_millis() as u64;
+        self.0.idle_since_ms.store(now, Ordering::Release);
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Drive an HTTP/2 connection as HTTP/1's keep-alive is driven: closed (GOAWAY) once no
+/// request has run on it for `idle` (the header-read timeout), or when shutdown begins; a peer
+/// that does not finish the close within `idle` more (one that stopped reading) is dropped, so
+/// neither `max_connections` idle connections nor one silent peer can hold the relay.
+async fn serve_h2<C>(
+    conn: C,
+    activity: &Activity,
+    idle: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>> + H2Close,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(50)));
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            _ = stop.wait_for(|s| *s), if closing.is_none() => {
+                conn.as_mut().close();
+                closing = Some(tokio::time::Instant::now() + idle);
+            }
+            _ = tick.tick() => match closing {
+                None if activity.idle_for() >= idle => {
+                    conn.as_mut().close();
+                    closing = Some(tokio::time::Instant::now() + idle);
+                }
+                Some(deadline) if tokio::time::Instant::now() >= deadline => return Ok(()),
+                _ => {}
+            },
+        }
+    }
+}
+
+/// The graceful close of an HTTP/2 server connection (a trait so `serve_h2` names no
+/// connection type's generics).
+trait H2Close {
+    fn close(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E, B> H2Close for http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn close(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 /// A future that, dropped before it completed, is finished in a task of its own instead of
