@@ -132,13 +132,13 @@ async fn a_full_spool_with_the_sink_down_answers_503_and_says_why() {
         "type = \"nats\"\nurl = \"{}\"\nack_timeout_ms = 500\nstream = {{ name = \"CAL\", subjects = [\"cal.>\"] }}",
         nats.url()
     );
-    let config = one_sink_config("bus", &sink) + &spool_section("max_bytes = 65536");
+    let config = one_sink_config("bus", &sink) + &spool_section("max_bytes = 262144");
     let relay = RelayProcess::start(&config).await;
     nats.down();
 
     let mut spooled = 0;
     let mut refusal = None;
-    for n in 0..100 {
+    for n in 0..400 {
         let (status, body) = post(relay.addr, signed_booking(&booking("full", n)))
             .await
             .unwrap();

@@ -196,8 +196,11 @@ async fn a_full_disk_is_503_loses_nothing_and_recovers_by_itself() {
     let refused = refused.expect("the 1 MiB disk never filled");
     assert!(refused.contains("spool_io"), "{refused}");
     assert!(acknowledged.len() > 50, "{}", acknowledged.len());
-    // Still serving while the disk is full.
+    // Still serving while the disk is full, and not ready (review finding 11a: ENOSPC marks
+    // the spool full as a full log does).
     assert_eq!(get(relay.addr, "/healthz").await.unwrap().0, 200);
+    assert_eq!(get(relay.addr, "/readyz").await.unwrap().0, 503);
+    assert_eq!(relay.metric("cal_relay_spool_full").await, 1.0);
 
     // The broker comes back: the spool drains, frees its segments, and takes deliveries again.
     nats.up();
@@ -219,6 +222,7 @@ async fn a_full_disk_is_503_loses_nothing_and_recovers_by_itself() {
         n += 1;
     }
     wait_drained(&relay).await;
+    relay.wait_readyz(200, 30).await;
     let ids: std::collections::HashSet<String> = stream_messages(&nats.url(), "CAL")
         .await
         .iter()
@@ -237,11 +241,11 @@ async fn a_full_disk_is_503_loses_nothing_and_recovers_by_itself() {
 async fn a_full_spool_never_lets_a_delivery_overtake_its_key() {
     let mut nats = NatsServer::start();
     nats.down();
-    let relay = RelayProcess::start(&nats_config(&nats.url(), "max_bytes = 65536", "")).await;
+    let relay = RelayProcess::start(&nats_config(&nats.url(), "max_bytes = 262144", "")).await;
     // Fill the spool with one booking's events.
     let mut accepted = 0u64;
     let mut last = None;
-    for n in 0..200u64 {
+    for n in 0..400u64 {
         let (status, text) = post(relay.addr, signed_booking(&booking("one-booking", n)))
             .await
             .unwrap();
@@ -461,4 +465,47 @@ async fn compaction_reclaims_the_segments_behind_a_stuck_entry() {
         stream_messages(&nats.url(), "CAL").await.len() as u64,
         bookings
     );
+}
+
+/// Review finding 1: a spool that filled up behind a stuck entry drains back to ready by
+/// itself once the broker returns (compaction and garbage collection also run while the writer
+/// is idle, when the full spool refuses every put), and again after a kill -9; at the smallest
+/// `max_bytes` check-config accepts.
+#[tokio::test]
+async fn a_spool_full_behind_a_stuck_entry_comes_back_to_ready() {
+    let mut nats = NatsServer::start();
+    let mut relay = with_a_stuck_ping(
+        &nats,
+        "max_bytes = 262144\nmax_age_secs = 3600\nretry_initial_ms = 100\nretry_max_ms = 300",
+    )
+    .await;
+    for round in 0..2 {
+        nats.down();
+        let mut n = 0u64;
+        loop {
+            let body = booking(&format!("fill-{round}-{n}"), n);
+            let (status, text) = post(relay.addr, signed_booking(&body)).await.unwrap();
+            if status == 503 {
+                assert!(text.contains("spool_full"), "{text}");
+                break;
+            }
+            assert_eq!(status, 202, "{text}");
+            n += 1;
+            assert!(n < 2000, "the spool never filled");
+        }
+        relay.wait_readyz(503, 5).await;
+        nats.up();
+        wait_pending_at_most(&relay, 1.0).await;
+        if round == 1 {
+            relay.restart().await;
+        }
+        relay.wait_readyz(200, 30).await;
+        let (status, text) = post(
+            relay.addr,
+            signed_booking(&booking(&format!("after-{round}"), 0)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 202, "spooled again, not published directly: {text}");
+    }
 }

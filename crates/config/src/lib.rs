@@ -250,6 +250,9 @@ impl SourceConfig {
     }
 }
 
+/// Smallest `delivery.max_bytes`: four of the spool's smallest segments.
+pub const MIN_SPOOL_BYTES: u64 = 4 * 64 * 1024;
+
 /// Upper bound of `server.max_connections` and `server.max_in_flight`.
 pub const MAX_CONCURRENCY: usize = 1 << 20;
 
@@ -544,8 +547,11 @@ impl Config {
                 ),
             ));
         }
-        if d.max_bytes < 64 * 1024 {
-            return Err(invalid("delivery.max_bytes", "must be at least 65536"));
+        if d.max_bytes < MIN_SPOOL_BYTES {
+            return Err(invalid(
+                "delivery.max_bytes",
+                format!("must be at least {MIN_SPOOL_BYTES}: segments are at least 64 KiB, and compaction behind a stuck entry needs room for three of them and one more to write to"),
+            ));
         }
         if d.max_attempts == 0 || d.lanes == 0 || d.lanes > 4096 {
             return Err(invalid(

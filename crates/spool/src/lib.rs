@@ -348,10 +348,12 @@ impl Spool {
                 reply,
             })
             .map_err(|_| SpoolError::Closed)?;
-        let seq = answer.await.map_err(|_| SpoolError::Closed)??;
-        self.is_full.store(false, Ordering::Relaxed);
-        self.metrics.full.set(0);
-        Ok(seq)
+        // The full flag clears in the writer, once the log is back under half of max_bytes
+        // (and the disk took a write again), not on the first append that fits.
+        answer
+            .await
+            .map_err(|_| SpoolError::Closed)?
+            .map_err(SpoolError::from)
     }
 
     /// Whether deliveries with this key are still waiting to be forwarded: a delivery for it

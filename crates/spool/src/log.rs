@@ -480,7 +480,14 @@ pub struct Writer<D: Dispatch> {
     torn: bool,
     /// See [`COMPACT_AFTER`].
     compact_after: Duration,
+    /// A write failed for lack of disk space: the spool counts as full until then at least
+    /// (then the next put tells again), or until a put is written.
+    disk_full_until: Option<Instant>,
 }
+
+/// How long a write refused for lack of disk space keeps the spool marked full before a put
+/// may try again.
+const DISK_FULL_HOLD: Duration = Duration::from_secs(5);
 
 /// Most commands taken into one batch (one write, one fsync).
 const MAX_BATCH: usize = 4096;
@@ -520,6 +527,7 @@ impl<D: Dispatch> Writer<D> {
             torn: false,
             sets: TargetSets::default(),
             compact_after: COMPACT_AFTER,
+            disk_full_until: None,
         };
         writer.collect_garbage();
         writer.update_gauges();
@@ -532,6 +540,10 @@ impl<D: Dispatch> Writer<D> {
             let first = match commands.recv_timeout(Duration::from_secs(1)) {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
+                    // Idle: segments behind a stuck entry are still compacted, and finished
+                    // ones deleted, so a spool that filled (and so refuses puts, which would
+                    // otherwise be the only writes) drains back under its bound by itself.
+                    self.collect_garbage();
                     self.update_gauges();
                     continue;
                 }
@@ -572,6 +584,9 @@ impl<D: Dispatch> Writer<D> {
                     Command::Stop => stop = true,
                 }
             }
+            // Finished segments are still deleted (and the torn one, once it holds nothing
+            // live, emptied), so the disk gets its space back.
+            self.collect_garbage();
             return stop;
         }
         let mut stop = false;
@@ -616,6 +631,9 @@ impl<D: Dispatch> Writer<D> {
         let base = self.segments.back().map(|s| s.size).unwrap_or(0);
         match result {
             Ok(()) => {
+                if !puts.is_empty() {
+                    self.disk_full_until = None;
+                }
                 if let Some(active) = self.segments.back_mut() {
                     active.size += buf.len() as u64;
                     for (_, _, _, len) in &puts {
@@ -636,6 +654,11 @@ impl<D: Dispatch> Writer<D> {
             }
             Err(e) => {
                 tracing::error!(error = %e, "spool: write failed; refusing this batch");
+                if e.kind() == io::ErrorKind::StorageFull {
+                    self.disk_full_until = Some(Instant::now() + DISK_FULL_HOLD);
+                    self.gauges.is_full.store(true, Ordering::Relaxed);
+                    self.gauges.full.set(1);
+                }
                 // Cut back whatever part of the batch reached the file. If even that fails, no
                 // later record may follow the torn bytes (a restart would cut it off with
                 // them): continue in a new segment.
@@ -857,7 +880,11 @@ impl<D: Dispatch> Writer<D> {
         let bytes = self.gauges.bytes.load(Ordering::Relaxed);
         self.gauges.entries.set(self.live.len() as i64);
         self.gauges.bytes_gauge.set(bytes as i64);
-        if self.gauges.is_full.load(Ordering::Relaxed) && bytes <= self.gauges.max_bytes / 2 {
+        let disk_full = self.disk_full_until.is_some_and(|t| Instant::now() < t);
+        if self.gauges.is_full.load(Ordering::Relaxed)
+            && bytes <= self.gauges.max_bytes / 2
+            && !disk_full
+        {
             self.gauges.is_full.store(false, Ordering::Relaxed);
             self.gauges.full.set(0);
         }
