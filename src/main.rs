@@ -294,11 +294,34 @@ async fn run(cli: Cli, hangup: Option<Signal>) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// One line of `spool list`: the item's JSON (without its body), or a table row.
+fn list_line(item: &cal_relay_spool::admin::Item, json: bool) -> String {
+    use cal_relay_spool::admin::State;
+    if json {
+        return format!("{}\n", item.to_json(false));
+    }
+    let m = &item.entry.message;
+    let state = match &item.state {
+        State::Pending => format!("pending -> {}", item.entry.targets.join(",")),
+        State::Dead {
+            reason, attempts, ..
+        } => format!("dead ({reason}, {attempts} attempts)"),
+    };
+    format!(
+        "{:<16} {:<40} {:<32} key={} received={} {}\n",
+        item.id,
+        state,
+        m.destination,
+        m.key.as_deref().unwrap_or("-"),
+        humantime::format_rfc3339_millis(m.received_at),
+        &m.id[..m.id.len().min(16)]
+    )
+}
+
 fn spool_command(dir: &Path, command: SpoolCommand) -> anyhow::Result<ExitCode> {
     use cal_relay_spool::admin;
     use std::fmt::Write as _;
     let mut out = String::new();
-    let ms = |t: std::time::SystemTime| humantime::format_rfc3339_millis(t).to_string();
     match command {
         SpoolCommand::Stats => {
             let s = admin::stats(dir).with_context(|| format!("cannot read {}", dir.display()))?;
@@ -322,31 +345,11 @@ fn spool_command(dir: &Path, command: SpoolCommand) -> anyhow::Result<ExitCode> 
             }
         }
         SpoolCommand::List { json } => {
-            for item in admin::list(dir)? {
-                if json {
-                    writeln!(out, "{}", item.to_json(false))?;
-                    continue;
-                }
-                let m = &item.entry.message;
-                let state = match &item.state {
-                    admin::State::Pending => format!("pending -> {}", item.entry.targets.join(",")),
-                    admin::State::Dead {
-                        reason, attempts, ..
-                    } => {
-                        format!("dead ({reason}, {attempts} attempts)")
-                    }
-                };
-                writeln!(
-                    out,
-                    "{:<16} {:<40} {:<32} key={} received={} {}",
-                    item.id,
-                    state,
-                    m.destination,
-                    m.key.as_deref().unwrap_or("-"),
-                    ms(m.received_at),
-                    &m.id[..m.id.len().min(16)]
-                )?;
-            }
+            // One line per item as it is read: no body is kept.
+            admin::list(dir, |item| {
+                out.push_str(&list_line(&item, json));
+                Ok(())
+            })?;
         }
         SpoolCommand::Show { id } => match admin::show(dir, &id)? {
             Some(item) => writeln!(out, "{:#}", item.to_json(true))?,

@@ -509,3 +509,101 @@ async fn a_spool_full_behind_a_stuck_entry_comes_back_to_ready() {
         assert_eq!(status, 202, "spooled again, not published directly: {text}");
     }
 }
+
+/// Review finding 4: dead letters handed back with `spool replay --all` are taken one at a
+/// time, so 200 of about 900 KB make progress (all published) with the relay, and the CLI,
+/// under a 128 MiB memory limit (a cgroup-v1 memory group made by the test, as root); before,
+/// the whole inbox was loaded at once and every start was OOM-killed.
+#[tokio::test]
+async fn replaying_200_large_dead_letters_fits_128_mib() {
+    const N: usize = 200;
+    let cgroup = std::path::Path::new("/sys/fs/cgroup/memory")
+        .join(format!("cal-relay-test-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup).expect("a cgroup-v1 memory group (run as root)");
+    std::fs::write(cgroup.join("memory.limit_in_bytes"), "134217728").unwrap();
+    let nats = NatsServer::start();
+    // No stream yet: every publish is refused permanently (no_stream), one attempt each.
+    let sink = format!(
+        "type = \"nats\"\nurl = \"{}\"\nack_timeout_ms = 2000",
+        nats.url()
+    );
+    let config = one_sink_config("bus", &sink)
+        .replace("[server]\n", "[server]\nmax_body_bytes = 1048576\n")
+        + &spool_section("max_attempts = 1\nmax_bytes = 1073741824");
+    let mut relay = RelayProcess::start(&config).await;
+    for n in 0..N {
+        let body = envelope_of(900 * 1024, &format!("dead-{n}"));
+        let (status, text) = post(relay.addr, signed_booking(&body)).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+    }
+    let series = "cal_relay_dead_letters_total{reason=\"no_stream\",sink=\"bus\"}";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while relay.metric(series).await < N as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "not dead-lettered: {}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    relay.terminate();
+    let spool = relay.path("spool");
+    // The CLI and the relay in the memory group.
+    let in_group = |args: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec {} {args}",
+                cgroup.display(),
+                relay_binary().display()
+            ))
+            .output()
+            .unwrap()
+    };
+    let out = in_group(&format!("spool --dir {} replay --all", spool.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = in_group(&format!("spool --dir {} stats", spool.display()));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains(&format!("inbox (replays not yet taken): {N}")));
+
+    use async_nats::jetstream::{self, stream};
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(stream::Config {
+        name: "CAL".into(),
+        subjects: vec!["cal.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec {} serve --config {}",
+            cgroup.display(),
+            relay_binary().display(),
+            relay.config_path.display()
+        ))
+        .current_dir(relay.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the relay ended ({status}): OOM-killed under 128 MiB?");
+        }
+        if stream_messages(&nats.url(), "CAL").await.len() >= N {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replay made no progress");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir(&cgroup);
+}

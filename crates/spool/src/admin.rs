@@ -58,55 +58,93 @@ pub fn stats(dir: &Path) -> io::Result<Stats> {
             .sum(),
         segments: scan.segments.len(),
         oldest: scan.pending.values().map(|s| s.received_at).min(),
-        dead_letters: dead::dead_letters(dir)?.len(),
-        inbox: dead::inbox(dir)?.len(),
+        // Counted by their files: none is read.
+        dead_letters: dead::dead_letter_files(dir)?.len(),
+        inbox: dead::inbox_files(dir)?.len(),
         unreadable_bytes: scan.damaged.iter().map(|d| d.2).sum(),
     })
 }
 
-/// Pending entries (log order), then dead letters.
-pub fn list(dir: &Path) -> io::Result<Vec<Item>> {
+/// Pending entries (log order), then dead letters, each handed to `each` as it is read, so
+/// memory holds one entry at a time. A pending entry whose segment the running relay deleted
+/// meanwhile (it was finished) is skipped.
+pub fn list(dir: &Path, mut each: impl FnMut(Item) -> io::Result<()>) -> io::Result<()> {
     let scan = log::scan(dir, false)?;
-    let mut out = Vec::with_capacity(scan.pending.len());
     for slot in scan.pending.values() {
+        let entry = match log::read_entry(dir, &slot.location()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let entry = Entry {
+            targets: slot.targets.to_vec(),
+            ..entry
+        };
+        each(Item {
+            id: entry.seq.to_string(),
+            state: State::Pending,
+            entry,
+        })?;
+    }
+    for path in dead::dead_letter_files(dir)? {
+        if let Some(d) = dead::read_dead(&path) {
+            each(dead_item(d))?;
+        }
+    }
+    Ok(())
+}
+
+fn dead_item(d: crate::record::DeadLetter) -> Item {
+    Item {
+        id: dead::dead_id(d.entry.seq, &d.sink),
+        state: State::Dead {
+            sink: d.sink,
+            reason: d.reason,
+            detail: d.detail,
+            attempts: d.attempts,
+            dead_at: d.dead_at,
+        },
+        entry: d.entry,
+    }
+}
+
+/// The pending entry `SEQ` or the dead letter `SEQ.SINK`, reading only it.
+pub fn show(dir: &Path, id: &str) -> io::Result<Option<Item>> {
+    if let Ok(seq) = id.parse::<u64>() {
+        let scan = log::scan(dir, false)?;
+        let Some(slot) = scan.pending.get(&seq) else {
+            return Ok(None);
+        };
         let entry = Entry {
             targets: slot.targets.to_vec(),
             ..log::read_entry(dir, &slot.location())?
         };
-        out.push(Item {
-            id: entry.seq.to_string(),
+        return Ok(Some(Item {
+            id: id.to_owned(),
             state: State::Pending,
             entry,
-        });
+        }));
     }
-    for (d, _) in dead::dead_letters(dir)? {
-        out.push(Item {
-            id: dead::dead_id(d.entry.seq, &d.sink),
-            state: State::Dead {
-                sink: d.sink,
-                reason: d.reason,
-                detail: d.detail,
-                attempts: d.attempts,
-                dead_at: d.dead_at,
-            },
-            entry: d.entry,
-        });
-    }
-    Ok(out)
+    let found = dead::dead_letter_files(dir)?
+        .into_iter()
+        .find(|p| dead::dead_file_id(p) == Some(id));
+    Ok(found.and_then(|p| dead::read_dead(&p)).map(dead_item))
 }
 
-pub fn show(dir: &Path, id: &str) -> io::Result<Option<Item>> {
-    Ok(list(dir)?.into_iter().find(|i| i.id == id))
-}
-
-/// Hand dead letter `id` (or all, with `None`) back for delivery; the ids handed back.
+/// Hand dead letter `id` (or all, with `None`) back for delivery, one file at a time; the ids
+/// handed back.
 pub fn replay(dir: &Path, id: Option<&str>) -> io::Result<Vec<String>> {
     let mut done = Vec::new();
-    for (d, path) in dead::dead_letters(dir)? {
-        let this = dead::dead_id(d.entry.seq, &d.sink);
+    for path in dead::dead_letter_files(dir)? {
+        let Some(this) = dead::dead_file_id(&path).map(str::to_owned) else {
+            continue;
+        };
         if id.is_some_and(|id| id != this) {
             continue;
         }
+        let Some(d) = dead::read_dead(&path) else {
+            continue;
+        };
         dead::put_inbox(dir, &this, &d.entry)?;
         std::fs::remove_file(&path)?;
         done.push(this);
@@ -114,11 +152,13 @@ pub fn replay(dir: &Path, id: Option<&str>) -> io::Result<Vec<String>> {
     Ok(done)
 }
 
-/// Delete dead letter `id` (or all, with `None`); the ids deleted.
+/// Delete dead letter `id` (or all, with `None`); the ids deleted. No file is read.
 pub fn purge(dir: &Path, id: Option<&str>) -> io::Result<Vec<String>> {
     let mut done = Vec::new();
-    for (d, path) in dead::dead_letters(dir)? {
-        let this = dead::dead_id(d.entry.seq, &d.sink);
+    for path in dead::dead_letter_files(dir)? {
+        let Some(this) = dead::dead_file_id(&path).map(str::to_owned) else {
+            continue;
+        };
         if id.is_some_and(|id| id != this) {
             continue;
         }

@@ -41,20 +41,32 @@ pub fn put_dead(dir: &Path, dead: &DeadLetter) -> io::Result<PathBuf> {
     write_atomic(&dead_dir(dir), &name, &dead.encode())
 }
 
-/// Every dead letter, oldest first, with its file. Unreadable files are reported, not fatal.
-pub fn dead_letters(dir: &Path) -> io::Result<Vec<(DeadLetter, PathBuf)>> {
-    let mut out = Vec::new();
-    for path in files(&dead_dir(dir), "dead")? {
-        match std::fs::read(&path)
-            .ok()
-            .and_then(|b| DeadLetter::decode_file(&b))
-        {
-            Some(dead) => out.push((dead, path)),
-            None => tracing::warn!(path = %path.display(), "spool: unreadable dead letter"),
-        }
-    }
-    out.sort_by_key(|(d, _)| (d.entry.seq, d.sink.clone()));
+/// Every dead letter's file, oldest first (by the `SEQ` its name starts with, then sink), without
+/// reading any: a dead letter can be as large as a delivery, so callers read one at a time.
+pub fn dead_letter_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = files(&dead_dir(dir), "dead")?;
+    out.sort_by_cached_key(|p| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let (seq, rest) = name.split_once('.').unwrap_or((name, ""));
+        (seq.parse::<u64>().unwrap_or(u64::MAX), rest.to_owned())
+    });
     Ok(out)
+}
+
+/// The id (`SEQ.SINK`) a dead letter's file is named by.
+pub fn dead_file_id(path: &Path) -> Option<&str> {
+    path.file_name()?.to_str()?.strip_suffix(".dead")
+}
+
+/// Read one dead letter; `None` (reported) when it cannot be read or decoded.
+pub fn read_dead(path: &Path) -> Option<DeadLetter> {
+    let dead = std::fs::read(path)
+        .ok()
+        .and_then(|b| DeadLetter::decode_file(&b));
+    if dead.is_none() {
+        tracing::warn!(path = %path.display(), "spool: unreadable dead letter");
+    }
+    dead
 }
 
 /// Hand a message back for delivery to `targets`: an inbox file the relay picks up.
@@ -75,14 +87,14 @@ pub fn decode_inbox(bytes: &[u8]) -> Option<Entry> {
     }
 }
 
-/// Inbox files and what they hold.
-pub fn inbox(dir: &Path) -> io::Result<Vec<(Option<Entry>, PathBuf)>> {
-    let mut out = Vec::new();
-    for path in files(&inbox_dir(dir), "put")? {
-        let entry = std::fs::read(&path).ok().and_then(|b| decode_inbox(&b));
-        out.push((entry, path));
-    }
-    Ok(out)
+/// Inbox files, in name order, not read: [`read_inbox`] reads one.
+pub fn inbox_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    files(&inbox_dir(dir), "put")
+}
+
+/// The entry an inbox file holds, `None` when it is unreadable.
+pub fn read_inbox(path: &Path) -> Option<Entry> {
+    std::fs::read(path).ok().and_then(|b| decode_inbox(&b))
 }
 
 fn files(dir: &Path, ext: &str) -> io::Result<Vec<PathBuf>> {

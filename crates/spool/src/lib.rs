@@ -405,15 +405,22 @@ async fn poll_inbox(
     }
 }
 
+/// One file at a time: read, append, delete, so memory holds one replayed message however
+/// many were handed back (a dead letter is as large as a delivery).
 async fn take_inbox(spool: &Spool, dir: &Path) {
-    let files = match dead::inbox(dir) {
+    let files = match dead::inbox_files(dir) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "spool: cannot read the inbox");
             return;
         }
     };
-    for (entry, path) in files {
+    for path in files {
+        let read = path.clone();
+        let entry = tokio::task::spawn_blocking(move || dead::read_inbox(&read))
+            .await
+            .ok()
+            .flatten();
         match entry {
             Some(entry) => match spool.append(Box::new(entry)).await {
                 Ok(seq) => {
