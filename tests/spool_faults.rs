@@ -607,3 +607,54 @@ async fn replaying_200_large_dead_letters_fits_128_mib() {
     let _ = child.wait();
     let _ = std::fs::remove_dir(&cgroup);
 }
+
+/// Review finding 10: one flipped byte in an acknowledged entry of a cleanly closed segment
+/// loses that entry only (counted in cal_relay_spool_corrupt_records_total), not the 297 after
+/// it.
+#[tokio::test]
+async fn a_flipped_byte_in_a_closed_segment_loses_only_that_entry() {
+    let mut nats = NatsServer::start();
+    nats.down();
+    let mut relay = RelayProcess::start(&nats_config(&nats.url(), "", "")).await;
+    let marker = "flip-me-here";
+    for n in 0..300u64 {
+        let uid = if n == 2 {
+            marker.to_owned()
+        } else {
+            format!("closed-{n}")
+        };
+        let (status, text) = post(relay.addr, signed_booking(&booking(&uid, n)))
+            .await
+            .unwrap();
+        assert_eq!(status, 202, "{text}");
+    }
+    // A restart closes the segment the entries are in (a new one is started), then the relay
+    // is killed.
+    relay.restart().await;
+    let _ = relay.child.kill();
+    let _ = relay.child.wait();
+    // The segment holding the entries; one byte of the third entry's body flipped.
+    let segment = std::fs::read_dir(relay.path("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .expect("the marked entry in the segment");
+    bytes[at] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    relay.restart().await;
+    assert_eq!(
+        relay.metric("cal_relay_spool_corrupt_records_total").await,
+        1.0
+    );
+    assert_eq!(relay.metric("cal_relay_spool_entries").await, 299.0);
+    nats.up();
+    wait_drained(&relay).await;
+    assert_eq!(stream_messages(&nats.url(), "CAL").await.len(), 299);
+}

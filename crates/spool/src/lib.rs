@@ -87,6 +87,7 @@ pub struct SpoolMetrics {
     full: IntGauge,
     overflow: IntCounter,
     compacted: IntCounter,
+    corrupt: IntCounter,
 }
 
 impl SpoolMetrics {
@@ -122,6 +123,11 @@ impl SpoolMetrics {
             "Pending entries copied forward so that the segment they were in could be deleted.",
         )?;
         registry.register(Box::new(compacted.clone()))?;
+        let corrupt = IntCounter::new(
+            "cal_relay_spool_corrupt_records_total",
+            "Records of closed log segments found corrupt at start (bad checksum) and skipped; a PUT among them is a delivery lost to disk damage.",
+        )?;
+        registry.register(Box::new(corrupt.clone()))?;
         Ok(SpoolMetrics {
             published,
             publish_errors,
@@ -148,6 +154,7 @@ impl SpoolMetrics {
             )?,
             overflow,
             compacted,
+            corrupt,
         })
     }
 }
@@ -198,6 +205,7 @@ impl Spool {
                 "spool: cut a torn or corrupt tail off the log"
             );
         }
+        metrics.corrupt.inc_by(scan.corrupt.len() as u64);
         let (commands, receiver) = std::sync::mpsc::channel();
         // Targets that are no longer configured cannot be reached: dead-letter them (the
         // writer still counts them until their DONE below).

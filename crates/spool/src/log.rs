@@ -236,6 +236,9 @@ pub struct Scan {
     pub next_seq: u64,
     /// Segments whose tail was unreadable: path, bytes kept, bytes dropped.
     pub damaged: Vec<(PathBuf, u64, u64)>,
+    /// Whole frames with a bad checksum (or an undecodable body) in segments closed before the
+    /// last one, skipped: corruption, not a torn write, so what follows them is read on.
+    pub corrupt: Vec<(PathBuf, u64)>,
 }
 
 /// The records of one segment's bytes, in order, up to the first that is torn, corrupt or
@@ -293,12 +296,28 @@ pub fn scan(dir: &Path, repair: bool) -> io::Result<Scan> {
     let mut out = Scan::default();
     let mut sets = TargetSets::default();
     let mut frame = Vec::new();
-    for (id, path) in segments(dir)? {
+    let all = segments(dir)?;
+    let last = all.last().map(|(id, _)| *id);
+    for (id, path) in all {
         let file = File::open(&path)?;
         let size = file.metadata()?.len();
         let mut reader = io::BufReader::with_capacity(256 * 1024, file);
         let mut at = 0u64;
-        while let Some(record) = next_record(&mut reader, size - at, &mut frame)? {
+        // Only the last segment can end in a torn write; in a closed one a frame that is whole
+        // but fails its checksum is damage to skip, not the end of the log.
+        let closed = Some(id) != last;
+        loop {
+            let record = match next_record(&mut reader, size - at, &mut frame)? {
+                Read::Record(r) => r,
+                Read::End => break,
+                Read::Corrupt(len) if closed => {
+                    tracing::warn!(segment = %path.display(), offset = at, bytes = len, "spool: skipped a corrupt record in a closed segment");
+                    out.corrupt.push((path.clone(), at));
+                    at += len as u64;
+                    continue;
+                }
+                Read::Corrupt(_) => break,
+            };
             let len = frame.len();
             match record {
                 Record::Put(entry) => {
@@ -338,31 +357,38 @@ pub fn scan(dir: &Path, repair: bool) -> io::Result<Scan> {
     Ok(out)
 }
 
-/// The next record of `reader` (PUT bodies left empty), with its whole frame in `frame`; `None`
-/// at the end, or at the first frame that is torn, corrupt or undecodable (as [`Records`]).
-/// `left` is how many bytes the file still has, so a garbage length allocates nothing.
-fn next_record(
-    reader: &mut impl io::Read,
-    left: u64,
-    frame: &mut Vec<u8>,
-) -> io::Result<Option<Record>> {
+/// What [`next_record`] read.
+enum Read {
+    /// A record (PUT bodies left empty); its frame is in `frame`.
+    Record(Record),
+    /// The end, or a frame that is torn (shorter than its length says) or whose length is out
+    /// of range: nothing after it can be trusted.
+    End,
+    /// A whole frame of this many bytes, length in range, whose checksum or body is bad.
+    Corrupt(usize),
+}
+
+/// The next frame of `reader` (see [`Read`]). `left` is how many bytes the file still has, so
+/// a garbage length allocates nothing.
+fn next_record(reader: &mut impl io::Read, left: u64, frame: &mut Vec<u8>) -> io::Result<Read> {
     let header = record::FRAME_HEADER;
     frame.clear();
     frame.resize(header, 0);
     if left < header as u64 || !fill(reader, frame)? {
-        return Ok(None);
+        return Ok(Read::End);
     }
     let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
     if len == 0 || len > record::MAX_FRAME || (header + len) as u64 > left {
-        return Ok(None);
+        return Ok(Read::End);
     }
     frame.resize(header + len, 0);
     if !fill(reader, &mut frame[header..])? {
-        return Ok(None);
+        return Ok(Read::End);
     }
     Ok(record::read_frame(frame)
         .ok()
-        .and_then(|(body, _)| Record::decode_without_body(body)))
+        .and_then(|(body, _)| Record::decode_without_body(body))
+        .map_or(Read::Corrupt(header + len), Read::Record))
 }
 
 /// Fill `buf` from `reader`; false when the reader ends first.
@@ -1108,6 +1134,37 @@ mod tests {
         );
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
         assert!(scan(dir.path(), true).unwrap().damaged.is_empty());
+    }
+
+    /// Review finding 10: a bad checksum in a closed segment loses that record only.
+    #[test]
+    fn a_corrupt_record_in_a_closed_segment_is_skipped_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<Record> = (1..=3).map(|n| Record::Put(entry(n, "k"))).collect();
+        append(dir.path(), &records);
+        // A later segment: segment 1 is closed.
+        std::fs::write(
+            segment_path(dir.path(), 2),
+            Record::Start { next_seq: 4 }.encode(),
+        )
+        .unwrap();
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let first = records[0].encode().len();
+        let second = records[1].encode().len();
+        bytes[first + second - 2] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let scan = scan(dir.path(), true).unwrap();
+        let seqs: Vec<u64> = scan.pending.keys().copied().collect();
+        assert_eq!(seqs, [1, 3], "only the damaged record is lost");
+        assert_eq!(scan.corrupt, [(path.clone(), first as u64)]);
+        assert!(scan.damaged.is_empty());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes.len() as u64);
+        assert_eq!(
+            read_entry(dir.path(), &scan.pending[&3].location()).unwrap(),
+            entry(3, "k")
+        );
     }
 
     #[test]
