@@ -308,7 +308,7 @@ pub fn scan(dir: &Path, repair: bool) -> io::Result<Scan> {
         let closed = Some(id) != last;
         loop {
             let record = match next_record(&mut reader, size - at, &mut frame)? {
-                Read::Record(r) => r,
+                Read::Record(r) => *r,
                 Read::End => break,
                 Read::Corrupt(len) if closed => {
                     tracing::warn!(segment = %path.display(), offset = at, bytes = len, "spool: skipped a corrupt record in a closed segment");
@@ -360,7 +360,7 @@ pub fn scan(dir: &Path, repair: bool) -> io::Result<Scan> {
 /// What [`next_record`] read.
 enum Read {
     /// A record (PUT bodies left empty); its frame is in `frame`.
-    Record(Record),
+    Record(Box<Record>),
     /// The end, or a frame that is torn (shorter than its length says) or whose length is out
     /// of range: nothing after it can be trusted.
     End,
@@ -388,7 +388,7 @@ fn next_record(reader: &mut impl io::Read, left: u64, frame: &mut Vec<u8>) -> io
     Ok(record::read_frame(frame)
         .ok()
         .and_then(|(body, _)| Record::decode_without_body(body))
-        .map_or(Read::Corrupt(header + len), Read::Record))
+        .map_or(Read::Corrupt(header + len), |r| Read::Record(Box::new(r))))
 }
 
 /// Fill `buf` from `reader`; false when the reader ends first.
