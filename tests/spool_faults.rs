@@ -658,3 +658,59 @@ async fn a_flipped_byte_in_a_closed_segment_loses_only_that_entry() {
     wait_drained(&relay).await;
     assert_eq!(stream_messages(&nats.url(), "CAL").await.len(), 299);
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// Review finding 2: 10,000 pending deliveries of 20 KB on distinct keys, the sink refusing
+/// every publish (a file sink on /dev/full), stay under 64 MB of RSS, and again within 5 s of
+/// a restart on that backlog: a parked key's head is read back at its turn, not held (252 MB
+/// before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_on_distinct_keys_does_not_follow_its_bytes_into_memory() {
+    const N: usize = 10_000;
+    let config = one_sink_config("refusing", "type = \"file\"\npath = \"/dev/full\"")
+        .replace("[server]\n", "[server]\nmax_in_flight = 64\n")
+        + &spool_section("max_bytes = 536870912\nretry_initial_ms = 5000\nretry_max_ms = 10000");
+    let mut relay = RelayProcess::start(&config).await;
+    let limit = 64 * 1024 * 1024;
+    let bodies: Vec<Vec<u8>> = (0..N)
+        .map(|n| envelope_of(20 * 1024, &format!("distinct-{n}")))
+        .collect();
+    for chunk in bodies.chunks(32) {
+        let sends = chunk
+            .iter()
+            .map(|body| async move { post(relay.addr, signed_booking(body)).await });
+        for answer in futures_util::future::join_all(sends).await {
+            let (status, text) = answer.unwrap();
+            assert_eq!(status, 202, "{text}");
+        }
+    }
+    assert_eq!(relay.metric("cal_relay_spool_entries").await, N as f64);
+    // Every key has failed at least once by now, and is parked.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = rss(relay.child.id());
+    assert!(before < limit, "{} MB with the backlog", before >> 20);
+    relay.restart().await;
+    let started = Instant::now();
+    let mut peak = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        peak = peak.max(rss(relay.child.id()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(peak < limit, "{} MB after the restart", peak >> 20);
+    eprintln!(
+        "RSS with {N} parked keys: {} MB; peak within 5 s of a restart: {} MB",
+        before >> 20,
+        peak >> 20
+    );
+    assert_eq!(relay.metric("cal_relay_spool_entries").await, N as f64);
+}

@@ -265,22 +265,19 @@ async fn attempt(
             // behind the writer (a blocking-pool thread per read would cost more, and each
             // such thread keeps its own allocator cache).
             match read_back(ctx, &queued.at) {
-                Ok(entry) => {
-                    let entry = Arc::new(entry);
-                    // Kept for its retries, outside the budget: only a lane's head (or a
-                    // parked key's) is held this way.
-                    queued.entry = Some(Arc::new(Held {
-                        entry: entry.clone(),
-                        bytes: 0,
-                        budget: None,
-                    }));
-                    entry
-                }
+                Ok(entry) => Arc::new(entry),
                 Err(e) => return unreadable(ctx, name, queued, &e, attempt),
             }
         }
     };
-    publish_once(ctx, name, sink, &entry, attempt).await
+    let step = publish_once(ctx, name, sink, &entry, attempt).await;
+    // An entry read back is not kept for its retries: with distinct keys every parked key's
+    // head would otherwise hold its body, outside the budget, and memory would follow the
+    // backlog's bytes. It is read back again at its next attempt (from the page cache, mostly).
+    if matches!(step, Step::RetryIn(_)) {
+        queued.entry = None;
+    }
+    step
 }
 
 /// Read entry `at` back from the log, where compaction may have moved it (also while this read
