@@ -714,3 +714,114 @@ async fn a_backlog_on_distinct_keys_does_not_follow_its_bytes_into_memory() {
     );
     assert_eq!(relay.metric("cal_relay_spool_entries").await, N as f64);
 }
+
+/// A relay on `nats` without a stream for its subjects: every publish is refused permanently
+/// (`no_stream`) while the server is up.
+async fn relay_without_a_stream(nats: &NatsServer, delivery_extra: &str) -> RelayProcess {
+    let sink = format!(
+        "type = \"nats\"\nurl = \"{}\"\nack_timeout_ms = 1000",
+        nats.url()
+    );
+    RelayProcess::start(
+        &(one_sink_config("bus", &sink)
+            + &spool_section(&format!(
+                "retry_initial_ms = 100\nretry_max_ms = 200\n{delivery_extra}"
+            ))),
+    )
+    .await
+}
+
+async fn wait_metric(relay: &RelayProcess, series: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay.metric(series).await < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {at_least}: {}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Review finding 9: a dead letter that cannot be stored (its directory read-only) leaves the
+/// entry pending and tried again, so once the directory is writable it becomes a dead letter
+/// without a restart.
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_stored_is_stored_later() {
+    let nats = NatsServer::start();
+    let relay = relay_without_a_stream(&nats, "max_attempts = 1").await;
+    let dead = relay.path("spool").join("dead");
+    std::fs::create_dir_all(&dead).unwrap();
+    let mount = |opts: &str| {
+        assert!(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&dead)
+            .status()
+            .unwrap()
+            .success());
+    };
+    mount("ro,size=1m");
+    let (status, text) = post(relay.addr, signed_booking(&booking("unburied", 1)))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{text}");
+    wait_metric(
+        &relay,
+        "cal_relay_spool_retries_total{reason=\"dead_letter_store\",sink=\"bus\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(relay.metric("cal_relay_spool_entries").await, 1.0);
+    assert!(Command::new("mount")
+        .args(["-o", "remount,rw"])
+        .arg(&dead)
+        .status()
+        .unwrap()
+        .success());
+    wait_metric(
+        &relay,
+        "cal_relay_dead_letters_total{reason=\"no_stream\",sink=\"bus\"}",
+        1.0,
+    )
+    .await;
+    wait_pending_at_most(&relay, 0.0).await;
+    let _ = Command::new("umount").arg("-l").arg(&dead).status();
+}
+
+/// Review finding 17: `max_attempts` counts permanent refusals only: after an outage (many
+/// transient failures), the entry is still refused `max_attempts` times before it becomes a
+/// dead letter.
+#[tokio::test]
+async fn max_attempts_counts_refusals_not_transient_failures() {
+    let mut nats = NatsServer::start();
+    let relay = relay_without_a_stream(&nats, "max_attempts = 3").await;
+    nats.down();
+    let (status, text) = post(relay.addr, signed_booking(&booking("after-outage", 1)))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{text}");
+    // Six transient failures (the server is down).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = get(relay.addr, "/metrics").await.unwrap();
+        let failures: f64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("cal_relay_spool_retries_total{") && l.contains("sink=\"bus\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        if failures >= 6.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no transient failures: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nats.up();
+    let dead = "cal_relay_dead_letters_total{reason=\"no_stream\",sink=\"bus\"}";
+    wait_metric(&relay, dead, 1.0).await;
+    let refused = relay
+        .metric("cal_relay_publish_errors_total{reason=\"no_stream\",sink=\"bus\",trigger=\"BOOKING_CREATED\"}")
+        .await;
+    assert_eq!(refused, 3.0, "dead-lettered after {refused} refusal(s)");
+}

@@ -78,6 +78,9 @@ struct Queued {
     order: u64,
     received_at: SystemTime,
     entry: Option<Arc<Held>>,
+    /// Permanent refusals so far: `max_attempts` counts these, not transient failures (an
+    /// outage before a broker refuses must not make its first refusal the last).
+    refusals: u32,
 }
 
 /// The lanes' senders, by sink; the log's writer dispatches into them.
@@ -119,6 +122,7 @@ impl Dispatch for Lanes {
                         order: slot.order,
                         received_at: slot.received_at,
                         entry: held.clone(),
+                        refusals: 0,
                     });
                 }
             }
@@ -270,7 +274,7 @@ async fn attempt(
             }
         }
     };
-    let step = publish_once(ctx, name, sink, &entry, attempt).await;
+    let step = publish_once(ctx, name, sink, &entry, attempt, &mut queued.refusals).await;
     // An entry read back is not kept for its retries: with distinct keys every parked key's
     // head would otherwise hold its body, outside the budget, and memory would follow the
     // backlog's bytes. It is read back again at its next attempt (from the page cache, mostly).
@@ -327,6 +331,7 @@ async fn publish_once(
     sink: &dyn Sink,
     entry: &Entry,
     attempt: u32,
+    refusals: &mut u32,
 ) -> Step {
     let m = &ctx.metrics;
     let started = Instant::now();
@@ -352,9 +357,14 @@ async fn publish_once(
     m.publish_errors
         .with_label_values(&[name, &entry.label, error.reason])
         .inc();
-    if error.permanent && attempt >= ctx.policy.max_attempts {
-        bury(ctx, name, entry, &error, attempt).await;
-        return Step::Finished;
+    if error.permanent {
+        *refusals += 1;
+    }
+    if error.permanent && *refusals >= ctx.policy.max_attempts {
+        if bury(ctx, name, entry, &error, attempt).await {
+            return Step::Finished;
+        }
+        return Step::RetryIn(ctx.policy.delay(attempt - 1));
     }
     let age = SystemTime::now()
         .duration_since(entry.message.received_at)
@@ -370,8 +380,10 @@ async fn publish_once(
             ),
             permanent: true,
         };
-        bury(ctx, name, entry, &expired, attempt).await;
-        return Step::Finished;
+        if bury(ctx, name, entry, &expired, attempt).await {
+            return Step::Finished;
+        }
+        return Step::RetryIn(ctx.policy.delay(attempt - 1));
     }
     m.retries.with_label_values(&[name, error.reason]).inc();
     let delay = ctx.policy.delay(attempt - 1);
@@ -404,8 +416,10 @@ fn done(ctx: &Context, seq: u64, sink: &str) {
     });
 }
 
-/// Move `entry` to the dead-letter store for `sink`, then mark it done there.
-async fn bury(ctx: &Context, sink: &str, entry: &Entry, error: &SinkError, attempts: u32) {
+/// Move `entry` to the dead-letter store for `sink`, then mark it done there. False when the
+/// dead letter could not be stored: the entry stays, and is tried again later (publish, then
+/// burial), so it is neither lost nor stranded until a restart.
+async fn bury(ctx: &Context, sink: &str, entry: &Entry, error: &SinkError, attempts: u32) -> bool {
     let dead = DeadLetter {
         entry: Entry {
             targets: vec![sink.to_owned()],
@@ -436,13 +450,20 @@ async fn bury(ctx: &Context, sink: &str, entry: &Entry, error: &SinkError, attem
                 .with_label_values(&[sink, error.reason])
                 .inc();
             done(ctx, entry.seq, sink);
+            true
         }
-        // Not stored: keep the entry in the log (it is retried after a restart) rather than
-        // lose it.
         Ok(Err(e)) => {
-            tracing::error!(sink, seq = entry.seq, error = %e, "spool: cannot store dead letter")
+            tracing::error!(sink, seq = entry.seq, error = %e, "spool: cannot store dead letter; will retry");
+            ctx.metrics
+                .retries
+                .with_label_values(&[sink, "dead_letter_store"])
+                .inc();
+            false
         }
-        Err(e) => tracing::error!(sink, seq = entry.seq, error = %e, "spool: dead letter task"),
+        Err(e) => {
+            tracing::error!(sink, seq = entry.seq, error = %e, "spool: dead letter task");
+            false
+        }
     }
 }
 
