@@ -825,3 +825,58 @@ async fn max_attempts_counts_refusals_not_transient_failures() {
         .await;
     assert_eq!(refused, 3.0, "dead-lettered after {refused} refusal(s)");
 }
+
+/// Review finding 16: a dead letter replayed after its sink was removed from the configuration
+/// goes back to the dead letters (unknown_sink) instead of staying pending until a restart.
+#[tokio::test]
+async fn a_replayed_dead_letter_for_a_removed_sink_is_a_dead_letter_again() {
+    let nats = NatsServer::start();
+    let sink = format!(
+        "type = \"nats\"\nurl = \"{}\"\nack_timeout_ms = 1000",
+        nats.url()
+    );
+    let mut relay =
+        RelayProcess::start(&(one_sink_config("gone", &sink) + &spool_section("max_attempts = 1")))
+            .await;
+    let (status, text) = post(relay.addr, signed_booking(&booking("orphan", 1)))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{text}");
+    wait_metric(
+        &relay,
+        "cal_relay_dead_letters_total{reason=\"no_stream\",sink=\"gone\"}",
+        1.0,
+    )
+    .await;
+    // The sink is removed, the relay restarted on the new configuration, the dead letter
+    // replayed.
+    let config = one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\"")
+        + &spool_section("");
+    std::fs::write(
+        &relay.config_path,
+        config
+            .replace("{listen}", &relay.addr.to_string())
+            .replace("{dir}", &relay.dir.path().display().to_string()),
+    )
+    .unwrap();
+    relay.restart().await;
+    let out = Command::new(relay_binary())
+        .args(["spool", "--dir"])
+        .arg(relay.path("spool"))
+        .args(["replay", "--all"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_metric(
+        &relay,
+        "cal_relay_dead_letters_total{reason=\"unknown_sink\",sink=\"gone\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(relay.metric("cal_relay_spool_entries").await, 0.0);
+    let listed = relay.spool_list();
+    assert!(
+        listed.contains("\"dead\"") && listed.contains("unknown_sink"),
+        "{listed}"
+    );
+}

@@ -164,9 +164,11 @@ pub struct Spool {
     commands: Sender<Command>,
     bytes: Arc<AtomicU64>,
     max_bytes: u64,
-    /// Set by a refused append, cleared by the next accepted one or by the writer once the
-    /// log is back under half of `max_bytes` (shown as `cal_relay_spool_full`).
+    /// Set by a refused append (or a write refused for lack of disk space), cleared by the
+    /// writer once the log is back under half of `max_bytes` (shown as `cal_relay_spool_full`).
     is_full: Arc<std::sync::atomic::AtomicBool>,
+    /// The sinks the lanes forward to: a replayed entry for another is dead-lettered again.
+    sink_names: Vec<String>,
     metrics: SpoolMetrics,
     pending_keys: Arc<log::PendingKeys>,
     shutdown: watch::Sender<bool>,
@@ -231,6 +233,7 @@ impl Spool {
             commands: commands.clone(),
             shutdown: shutdown_rx,
         });
+        let sink_names: Vec<String> = sinks.keys().cloned().collect();
         let (mut lanes, tasks) = forward::start(sinks, config.lanes, ctx);
         let bytes = Arc::new(AtomicU64::new(0));
         let pending_keys = Arc::new(log::PendingKeys::default());
@@ -260,22 +263,7 @@ impl Spool {
         for (slot, unknown) in orphans {
             let entry = log::read_entry(dir, &slot.location())?;
             for sink in unknown {
-                let dead = record::DeadLetter {
-                    entry: Entry {
-                        targets: vec![sink.clone()],
-                        ..entry.clone()
-                    },
-                    sink: sink.clone(),
-                    reason: "unknown_sink".into(),
-                    detail: format!("sink {sink:?} is no longer configured"),
-                    attempts: 0,
-                    dead_at: std::time::SystemTime::now(),
-                };
-                dead::put_dead(dir, &dead)?;
-                metrics
-                    .dead_letters
-                    .with_label_values(&[&sink, "unknown_sink"])
-                    .inc();
+                bury_unknown(dir, &metrics, &entry, &sink)?;
                 let _ = commands.send(Command::Done {
                     seq: entry.seq,
                     sink,
@@ -298,6 +286,7 @@ impl Spool {
             metrics,
             shutdown,
             tasks: Mutex::new(tasks),
+            sink_names,
             writer: Mutex::new(Some(writer)),
             _lock: lock,
         });
@@ -394,6 +383,32 @@ impl Spool {
     }
 }
 
+/// Store `entry` as a dead letter for `sink`, a sink no longer configured.
+fn bury_unknown(
+    dir: &Path,
+    metrics: &SpoolMetrics,
+    entry: &Entry,
+    sink: &str,
+) -> std::io::Result<()> {
+    let dead = record::DeadLetter {
+        entry: Entry {
+            targets: vec![sink.to_owned()],
+            ..entry.clone()
+        },
+        sink: sink.to_owned(),
+        reason: "unknown_sink".into(),
+        detail: format!("sink {sink:?} is no longer configured"),
+        attempts: 0,
+        dead_at: std::time::SystemTime::now(),
+    };
+    dead::put_dead(dir, &dead)?;
+    metrics
+        .dead_letters
+        .with_label_values(&[sink, "unknown_sink"])
+        .inc();
+    Ok(())
+}
+
 /// Take messages handed back by `cal-relay spool replay` into the log.
 async fn poll_inbox(
     spool: std::sync::Weak<Spool>,
@@ -429,6 +444,34 @@ async fn take_inbox(spool: &Spool, dir: &Path) {
             .await
             .ok()
             .flatten();
+        // Targets no longer configured go back to the dead letters (no lane would take them,
+        // and the entry would stay pending); the rest is appended.
+        let entry = match entry {
+            Some(mut entry) => {
+                let (known, unknown): (Vec<String>, Vec<String>) = entry
+                    .targets
+                    .drain(..)
+                    .partition(|t| spool.sink_names.contains(t));
+                entry.targets = known;
+                let mut buried = true;
+                for sink in &unknown {
+                    if let Err(e) = bury_unknown(dir, &spool.metrics, &entry, sink) {
+                        tracing::warn!(error = %e, sink, "spool: cannot store dead letter; inbox waits");
+                        buried = false;
+                    }
+                }
+                if !buried {
+                    return;
+                }
+                if entry.targets.is_empty() {
+                    tracing::warn!(path = %path.display(), sinks = ?unknown, "spool: replayed for sinks no longer configured: dead letters again");
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                Some(entry)
+            }
+            None => None,
+        };
         match entry {
             Some(entry) => match spool.append(Box::new(entry)).await {
                 Ok(seq) => {
