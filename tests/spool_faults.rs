@@ -880,3 +880,53 @@ async fn a_replayed_dead_letter_for_a_removed_sink_is_a_dead_letter_again() {
         "{listed}"
     );
 }
+
+/// Review finding 3: with a backlog on a full disk the relay still starts (it writes on in its
+/// last segment when it cannot start a new one, and forwards nothing before it can record
+/// that), drains once the broker is back, and publishes each acknowledged delivery once.
+#[tokio::test]
+async fn the_relay_starts_and_drains_on_a_full_disk() {
+    let disk = SmallDisk::mount("1m");
+    let mut nats = NatsServer::start();
+    nats.down();
+    let spool_dir = disk.0.path().join("spool");
+    let config = nats_config(
+        &nats.url(),
+        "max_bytes = 104857600\ndedup_file = \"{dir}/dedup.ids\"",
+        "",
+    )
+    .replace(
+        "dir = \"{dir}/spool\"",
+        &format!("dir = \"{}\"", spool_dir.display()),
+    );
+    let mut relay = RelayProcess::start(&config).await;
+    let mut acknowledged = Vec::new();
+    for n in 0..2000u64 {
+        let body = booking(&format!("full-start-{}", n % 10), n);
+        let (status, text) = post(relay.addr, signed_booking(&body)).await.unwrap();
+        match status {
+            202 => acknowledged.push(sha256_hex(&body)),
+            503 => break,
+            other => panic!("{other}: {text}"),
+        }
+    }
+    assert!(acknowledged.len() > 50, "{}", acknowledged.len());
+    // kill -9 and start again on the full disk, twice (each start used to fail, and publish).
+    relay.restart().await;
+    relay.restart().await;
+    nats.up();
+    wait_drained(&relay).await;
+    let ids: Vec<String> = stream_messages(&nats.url(), "CAL")
+        .await
+        .iter()
+        .filter_map(|m| Some(m.headers.as_ref()?.get("cal-delivery-id")?.to_string()))
+        .collect();
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "published twice");
+    let lost = acknowledged
+        .iter()
+        .filter(|id| !distinct.contains(id))
+        .count();
+    assert_eq!(lost, 0);
+    assert_eq!(ids.len(), acknowledged.len());
+}

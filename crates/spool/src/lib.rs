@@ -234,7 +234,7 @@ impl Spool {
             shutdown: shutdown_rx,
         });
         let sink_names: Vec<String> = sinks.keys().cloned().collect();
-        let (mut lanes, tasks) = forward::start(sinks, config.lanes, ctx);
+        let (lanes, tasks) = forward::start(sinks, config.lanes, ctx);
         let bytes = Arc::new(AtomicU64::new(0));
         let pending_keys = Arc::new(log::PendingKeys::default());
         let is_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -251,11 +251,8 @@ impl Spool {
             relocations,
         };
         let replayed = scan.pending.len();
-        for slot in scan.pending.values() {
-            // The lanes skip targets that are not configured (the orphans above).
-            use log::Dispatch;
-            lanes.dispatch(slot, None);
-        }
+        // The writer hands the pending entries to the lanes once it can write (the lanes skip
+        // targets that are not configured: the orphans above).
         let writer = log::Writer::new(dir, scan, config.fsync, config.max_bytes, lanes, gauges)?;
         let writer = std::thread::Builder::new()
             .name("cal-relay-spool".into())

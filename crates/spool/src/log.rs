@@ -534,8 +534,30 @@ impl<D: Dispatch> Writer<D> {
             gauges.pending_keys.add(slot.key);
         }
         let next_id = segments.back().map(|s| s.id + 1).unwrap_or(1);
-        let (active, size) = create_segment(dir, next_id, scan.next_seq)?;
-        segments.push_back(Segment::new(next_id, size));
+        let active = match create_segment(dir, next_id, scan.next_seq) {
+            Ok((file, size)) => {
+                segments.push_back(Segment::new(next_id, size));
+                file
+            }
+            // A full disk: the last segment (its tail cut clean by the scan) is written on,
+            // so the relay starts and can drain its backlog (DONEs are small, and finished
+            // segments are deleted as it goes).
+            Err(e) if !segments.is_empty() => {
+                let _ = std::fs::remove_file(segment_path(dir, next_id));
+                let last = segments.back().map(|s| s.id).unwrap_or(next_id);
+                tracing::warn!(error = %e, segment = last, "spool: cannot start a new segment; writing on in the last one");
+                OpenOptions::new()
+                    .append(true)
+                    .open(segment_path(dir, last))?
+            }
+            Err(e) => return Err(e),
+        };
+        // Only now that the log can record their outcome are the pending entries forwarded:
+        // a start that fails before this point has published nothing it cannot mark done.
+        let mut dispatch = dispatch;
+        for slot in live.values() {
+            dispatch.dispatch(slot, None);
+        }
         gauges
             .bytes
             .store(segments.iter().map(|s| s.size).sum(), Ordering::Relaxed);
