@@ -1064,6 +1064,57 @@ mod tests {
         assert_eq!(back.targets, ["b".to_string()]);
     }
 
+    /// Review finding 19 (a deterministic reproduction, the active segment torn and no new
+    /// one can be made, as on a full disk after a failed cut-back): the DONEs still free the
+    /// finished segments at the head, so the disk gets its space back.
+    #[test]
+    fn a_torn_writer_that_cannot_roll_still_deletes_finished_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::new(
+            dir.path(),
+            Scan::default(),
+            false,
+            1024 * 1024,
+            Nowhere,
+            gauges(),
+        )
+        .unwrap();
+        let mut seqs = Vec::new();
+        for n in 0..600 {
+            let mut e = entry(0, &format!("k{n}"));
+            e.message.body = vec![b'x'; 200].into();
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let frame = Record::put_frame(&e);
+            w.write_batch(vec![Command::Put {
+                entry: Box::new(e),
+                frame,
+                reply,
+            }]);
+            seqs.push(answer.blocking_recv().unwrap().unwrap());
+        }
+        assert!(w.segments.len() >= 2, "{} segments", w.segments.len());
+        let head = w.segments.front().unwrap().id;
+        // Torn, and the next segment cannot be created (a directory is in its place).
+        w.torn = true;
+        let next = w.segments.back().unwrap().id + 1;
+        std::fs::create_dir(segment_path(dir.path(), next)).unwrap();
+        let dones = seqs
+            .iter()
+            .flat_map(|&seq| {
+                ["a", "b"].map(|sink| Command::Done {
+                    seq,
+                    sink: sink.into(),
+                })
+            })
+            .collect();
+        w.write_batch(dones);
+        assert!(w.live.is_empty());
+        assert!(
+            !segment_path(dir.path(), head).exists(),
+            "a finished segment was kept while torn"
+        );
+    }
+
     #[test]
     fn a_scan_that_meets_an_entry_and_its_copy_keeps_the_copy() {
         let dir = tempfile::tempdir().unwrap();
