@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::signal::unix::Signal;
 
 use anyhow::Context;
-use cal_relay_config::{Config, Loaded, SinkConfig};
+use cal_relay_config::{Config, DeliveryMode, Loaded, SinkConfig};
 use cal_relay_server::Relay;
 use cal_relay_sink::Sink;
 use clap::{Parser, Subcommand};
@@ -596,7 +596,7 @@ fn open_spool(
     metrics: &cal_relay_server::Metrics,
 ) -> anyhow::Result<Option<Arc<cal_relay_spool::Spool>>> {
     let d = &config.delivery;
-    if d.mode != "spool" {
+    if d.mode != DeliveryMode::Spool {
         return Ok(None);
     }
     let spool_metrics = cal_relay_spool::SpoolMetrics::register(
@@ -855,7 +855,7 @@ fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
         ("server.max_headers", a.max_headers != b.max_headers),
         (
             "sinks",
-            started.delivery.mode == "spool" && differs(&started.sinks, &new.sinks),
+            started.delivery.mode == DeliveryMode::Spool && differs(&started.sinks, &new.sinks),
         ),
         ("tracing", differs(&started.tracing, &new.tracing)),
         ("delivery", differs(&started.delivery, &new.delivery)),
@@ -886,11 +886,12 @@ async fn reload(
     let limits = limits(&new)?;
     // In confirm mode, sinks are rebuilt where their configuration changed; the spool's lanes
     // are per sink, so in spool mode they need a restart (see needs_restart).
-    let sinks = if started.delivery.mode != "spool" && differs(running_sinks, &new.sinks) {
-        Some(sinks_for_reload(running_sinks, &relay.sinks(), &new).await?)
-    } else {
-        None
-    };
+    let sinks =
+        if started.delivery.mode != DeliveryMode::Spool && differs(running_sinks, &new.sinks) {
+            Some(sinks_for_reload(running_sinks, &relay.sinks(), &new).await?)
+        } else {
+            None
+        };
     // The sinks built for this reload: closed again if it is refused.
     let running = relay.sinks();
     let fresh: Vec<Arc<dyn Sink>> = sinks
@@ -1029,7 +1030,7 @@ fn render_config(config: &Config) -> anyhow::Result<String> {
     writeln!(out, "configuration is valid")?;
     writeln!(out, "listen: {}", config.server.listen)?;
     let d = &config.delivery;
-    if d.mode == "spool" {
+    if d.mode == DeliveryMode::Spool {
         writeln!(
             out,
             "delivery: spool dir={} max_bytes={} fsync={} max_attempts={} lanes={}",

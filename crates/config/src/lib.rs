@@ -90,13 +90,32 @@ pub enum SchemaCheck {
     Warn,
 }
 
+/// When a delivery counts as accepted (`delivery.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// 2xx once every target sink confirmed, 503 otherwise.
+    Confirm,
+    /// 2xx once fsync'd to the local log, forwarded later.
+    Spool,
+}
+
+impl std::fmt::Display for DeliveryMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeliveryMode::Confirm => "confirm",
+            DeliveryMode::Spool => "spool",
+        })
+    }
+}
+
 /// `[delivery]`: when a delivery counts as accepted.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// `spool`: 2xx once fsync'd to the local log, forwarded later. `confirm`: 2xx once every
     /// target sink confirmed, 503 otherwise. Without a `[delivery]` section: `confirm`.
-    pub mode: String,
+    pub mode: DeliveryMode,
     /// Directory of the spool's log, dead letters and inbox.
     pub dir: PathBuf,
     /// Bound of the log on disk; when reached, new deliveries are published directly (503 if
@@ -139,7 +158,7 @@ impl DeliveryConfig {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
-            mode: "confirm".into(),
+            mode: DeliveryMode::Confirm,
             dir: PathBuf::from("data/spool"),
             max_bytes: 256 * 1024 * 1024,
             fsync: true,
@@ -534,10 +553,8 @@ impl Config {
             cal_relay_server::Tls::load(tls).map_err(|e| invalid("server.tls", e.to_string()))?;
         }
         let d = &self.delivery;
-        if !matches!(d.mode.as_str(), "spool" | "confirm") {
-            return Err(invalid("delivery.mode", "must be \"spool\" or \"confirm\""));
-        }
-        if d.mode == "spool" && self.server.max_body_bytes > cal_relay_spool::record::MAX_BODY_BYTES
+        if d.mode == DeliveryMode::Spool
+            && self.server.max_body_bytes > cal_relay_spool::record::MAX_BODY_BYTES
         {
             return Err(invalid(
                 "server.max_body_bytes",
@@ -698,7 +715,7 @@ impl Config {
                         template_destination: s.template_destination.clone(),
                         event_source: s.event_source.clone(),
                         template_event_type: s.template_event_type.clone(),
-                        cloudevents: self.delivery.mode == "spool"
+                        cloudevents: self.delivery.mode == DeliveryMode::Spool
                             || self.sinks.values().any(SinkConfig::renders_cloudevents),
                     },
                 })
