@@ -163,13 +163,18 @@ impl Drop for SmallDisk {
     }
 }
 
-#[tokio::test]
-async fn a_full_disk_is_503_loses_nothing_and_recovers_by_itself() {
+/// A 1 MiB tmpfs for the spool and a NATS server that is down.
+fn full_disk_setup() -> (SmallDisk, NatsServer) {
     let disk = SmallDisk::mount("1m");
     let mut nats = NatsServer::start();
     nats.down();
+    (disk, nats)
+}
+
+/// The relay's configuration with its spool on `disk` (the de-duplication ids beside it).
+fn full_disk_config(nats: &NatsServer, disk: &SmallDisk) -> String {
     let spool_dir = disk.0.path().join("spool");
-    let config = nats_config(
+    nats_config(
         &nats.url(),
         "max_bytes = 104857600\ndedup_file = \"{dir}/dedup.ids\"",
         "",
@@ -177,8 +182,13 @@ async fn a_full_disk_is_503_loses_nothing_and_recovers_by_itself() {
     .replace(
         "dir = \"{dir}/spool\"",
         &format!("dir = \"{}\"", spool_dir.display()),
-    );
-    let relay = RelayProcess::start(&config).await;
+    )
+}
+
+#[tokio::test]
+async fn a_full_disk_is_503_loses_nothing_and_recovers_by_itself() {
+    let (disk, mut nats) = full_disk_setup();
+    let relay = RelayProcess::start(&full_disk_config(&nats, &disk)).await;
     let mut acknowledged = Vec::new();
     let mut refused = None;
     for n in 0..2000u64 {
@@ -886,20 +896,8 @@ async fn a_replayed_dead_letter_for_a_removed_sink_is_a_dead_letter_again() {
 /// that), drains once the broker is back, and publishes each acknowledged delivery once.
 #[tokio::test]
 async fn the_relay_starts_and_drains_on_a_full_disk() {
-    let disk = SmallDisk::mount("1m");
-    let mut nats = NatsServer::start();
-    nats.down();
-    let spool_dir = disk.0.path().join("spool");
-    let config = nats_config(
-        &nats.url(),
-        "max_bytes = 104857600\ndedup_file = \"{dir}/dedup.ids\"",
-        "",
-    )
-    .replace(
-        "dir = \"{dir}/spool\"",
-        &format!("dir = \"{}\"", spool_dir.display()),
-    );
-    let mut relay = RelayProcess::start(&config).await;
+    let (disk, mut nats) = full_disk_setup();
+    let mut relay = RelayProcess::start(&full_disk_config(&nats, &disk)).await;
     let mut acknowledged = Vec::new();
     for n in 0..2000u64 {
         let body = booking(&format!("full-start-{}", n % 10), n);
