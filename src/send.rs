@@ -75,3 +75,12 @@ async fn request(
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// `valid`, or `invalid: why`, for `signature` of `body` under `secret`.
+pub fn verify(secret: String, signature: &str, body: &[u8]) -> String {
+    let verifier = cal_relay_core::Verifier::new(&[secret], false);
+    match verifier.verify(Some(signature.as_bytes()), body) {
+        Ok(()) => "valid".to_owned(),
+        Err(e) => format!("invalid: {e}"),
+    }
+}

@@ -139,6 +139,29 @@ pub fn schema(trigger: &str) -> Option<&'static str> {
         .map(|i| SCHEMAS[i].1)
 }
 
+/// What `cal-relay schema [NAME]` prints: the schema of one trigger, of any envelope
+/// (`envelope`), or of every known trigger as an object by trigger (`None`). `Err` lists the
+/// names there are.
+pub fn schema_text(name: Option<&str>) -> Result<String, String> {
+    match name {
+        Some("envelope") => Ok(ENVELOPE.trim_end().to_owned()),
+        Some(t) => schema(t).map(|s| s.trim_end().to_owned()).ok_or_else(|| {
+            let known: Vec<&str> = SCHEMAS.iter().map(|(t, _)| *t).collect();
+            format!("no schema for {t:?}; known: envelope, {}", known.join(", "))
+        }),
+        None => {
+            let all: serde_json::Map<String, serde_json::Value> = SCHEMAS
+                .iter()
+                .map(|(t, s)| {
+                    let value = serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
+                    ((*t).to_owned(), value)
+                })
+                .collect();
+            Ok(serde_json::to_string_pretty(&all).unwrap_or_default())
+        }
+    }
+}
+
 /// The URI of `trigger`'s schema, when there is one (CloudEvents `dataschema`).
 pub fn schema_uri(trigger: &str) -> Option<String> {
     schema(trigger).map(|_| format!("{SCHEMA_BASE}{trigger}.json"))
