@@ -174,7 +174,8 @@ async fn run(cli: Cli, hangup: Option<Signal>) -> anyhow::Result<ExitCode> {
         Command::Serve { watch_config } => {
             let loaded = load(cli.config.as_deref())?;
             cal_relay_app::init_logging(&loaded.config);
-            if let Some(warning) = loaded.env_warning() {
+            let plan = Plan::resolve(loaded)?;
+            if let Some(warning) = plan.env_warning() {
                 tracing::warn!("{warning}");
             }
             let how = cal_relay_app::serve::Serving {
@@ -182,15 +183,14 @@ async fn run(cli: Cli, hangup: Option<Signal>) -> anyhow::Result<ExitCode> {
                 watch: watch_config,
                 hangup,
             };
-            cal_relay_app::serve::serve(Plan::resolve(loaded.config)?, how).await?;
+            cal_relay_app::serve::serve(plan, how).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
-            let loaded = load(cli.config.as_deref())?;
-            if let Some(warning) = loaded.env_warning() {
+            let plan = Plan::resolve(load(cli.config.as_deref())?)?;
+            if let Some(warning) = plan.env_warning() {
                 eprintln!("warning: {warning}");
             }
-            let plan = Plan::resolve(loaded.config)?;
             print_out(&cal_relay_app::render::render(&plan)?)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -205,7 +205,7 @@ async fn run(cli: Cli, hangup: Option<Signal>) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Asyncapi => {
-            let plan = Plan::resolve(load(cli.config.as_deref())?.config)?;
+            let plan = Plan::resolve(load(cli.config.as_deref())?)?;
             let doc = cal_relay_app::asyncapi::document(&plan);
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)

@@ -1,17 +1,10 @@
 //! The AsyncAPI mapping: what a plan publishes, described for `cal_relay_contract::asyncapi`.
 
-use cal_relay_config::SinkConfig;
-use cal_relay_contract::asyncapi::{Description, Protocol, Published, Sink};
+use cal_relay_contract::asyncapi::{Description, Published, Sink};
 use cal_relay_core::trigger;
+use cal_relay_sink::SinkSettings;
 
 use crate::plan::Plan;
-
-/// `host:port` of a broker URL: no scheme, credentials or path.
-fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit('@').next().unwrap_or(rest);
-    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
-}
 
 fn mode(m: cal_relay_sink::cloudevents::Mode) -> String {
     serde_json::to_value(m)
@@ -20,61 +13,26 @@ fn mode(m: cal_relay_sink::cloudevents::Mode) -> String {
         .unwrap_or_else(|| "off".into())
 }
 
-fn first(urls: &cal_relay_sink::OneOrMany) -> String {
-    urls.to_vec()
-        .first()
-        .map(|u| host_of(u))
-        .unwrap_or_default()
-}
-
-fn sink(name: &str, sink: &SinkConfig) -> Sink {
-    let name = name.to_owned();
-    match sink {
-        SinkConfig::Kafka(c) => Sink {
-            name,
-            protocol: Protocol::Kafka,
-            host: c.brokers.split(',').next().unwrap_or("").trim().to_owned(),
-            cloudevents: mode(c.cloudevents),
-            key_header: None,
-            cloudevents_prefix: None,
-        },
-        SinkConfig::Amqp(c) => Sink {
-            name,
-            protocol: Protocol::Amqp {
-                exchange: c.exchange.clone(),
-                exchange_type: c.exchange_type.clone(),
-                persistent: c.persistent,
-            },
-            host: first(&c.url),
-            cloudevents: mode(c.cloudevents),
-            key_header: Some(c.key_header.clone()),
-            cloudevents_prefix: Some(c.cloudevents_prefix.clone()),
-        },
-        SinkConfig::Nats(c) => Sink {
-            name,
-            protocol: Protocol::Nats {
-                jetstream: c.jetstream,
-            },
-            host: first(&c.url),
-            cloudevents: mode(c.cloudevents),
-            key_header: Some(c.key_header.clone()),
-            cloudevents_prefix: None,
-        },
-        SinkConfig::File(c) => Sink {
-            name,
-            protocol: Protocol::File,
-            host: c.path.clone(),
-            cloudevents: "off".into(),
-            key_header: None,
-            cloudevents_prefix: None,
-        },
+fn sink(name: &str, settings: &dyn SinkSettings) -> Sink {
+    let d = settings.described();
+    Sink {
+        name: name.to_owned(),
+        protocol: d.protocol,
+        host: d.host,
+        cloudevents: mode(settings.cloudevents()),
+        key_header: d.key_header,
+        cloudevents_prefix: d.cloudevents_prefix,
     }
 }
 
 /// What the plan publishes: its sinks, and each known trigger's destination and sinks.
 pub fn describe(plan: &Plan) -> Description {
     let config = &plan.config;
-    let sinks = config.sinks.iter().map(|(n, s)| sink(n, s)).collect();
+    let sinks = plan
+        .sinks
+        .iter()
+        .map(|(n, s)| sink(n, s.as_ref()))
+        .collect();
     let mut published = Vec::new();
     for t in trigger::KNOWN {
         if let Some(route) = plan.routes.find(t) {

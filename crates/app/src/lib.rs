@@ -10,6 +10,7 @@ mod error;
 pub mod plan;
 pub mod reload;
 pub mod render;
+mod secrets;
 pub mod serve;
 pub mod sinks;
 pub mod spool_cli;
@@ -49,7 +50,7 @@ pub fn init_logging(config: &Config) {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    if config.log.format == "json" {
+    if config.log.format == cal_relay_config::LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();

@@ -2,6 +2,7 @@
 //! configuration is read and resolved again, and what can change in place is swapped in:
 //! sources (paths, secrets, replay windows), routes, per-request limits and, in confirm mode,
 //! the sinks whose settings changed. The whole file is refused when any of it is invalid.
+//! Which settings are which is declared by the configuration crate (`cal_relay_config::CLASSES`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,57 +50,6 @@ impl Reloads {
     }
 }
 
-/// Whether two settings differ (compared by their Debug text: the configuration types have no
-/// `PartialEq`; secrets are compared, never printed).
-pub(crate) fn differs(a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug) -> bool {
-    format!("{a:?}") != format!("{b:?}")
-}
-
-/// Settings a reload cannot change: what differs from the running process, by key.
-fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
-    let (a, b) = (&started.server, &new.server);
-    let mut keys = Vec::new();
-    for (key, changed) in [
-        ("server.listen", differs(&a.listen, &b.listen)),
-        ("server.tls", differs(&a.tls, &b.tls)),
-        (
-            "server.max_connections",
-            a.max_connections != b.max_connections,
-        ),
-        ("server.max_in_flight", a.max_in_flight != b.max_in_flight),
-        (
-            "server.listen_backlog",
-            differs(&a.listen_backlog, &b.listen_backlog),
-        ),
-        (
-            "server.header_read_timeout_ms",
-            a.header_read_timeout_ms != b.header_read_timeout_ms,
-        ),
-        (
-            "server.shutdown_timeout_ms",
-            a.shutdown_timeout_ms != b.shutdown_timeout_ms,
-        ),
-        (
-            "server.max_header_bytes",
-            a.max_header_bytes != b.max_header_bytes,
-        ),
-        ("server.max_headers", a.max_headers != b.max_headers),
-        (
-            "sinks",
-            started.delivery.mode == DeliveryMode::Spool && differs(&started.sinks, &new.sinks),
-        ),
-        ("tracing", differs(&started.tracing, &new.tracing)),
-        ("delivery", differs(&started.delivery, &new.delivery)),
-        ("schema", differs(&started.schema, &new.schema)),
-        ("log", differs(&started.log, &new.log)),
-    ] {
-        if changed {
-            keys.push(key);
-        }
-    }
-    keys
-}
-
 /// Read the configuration again and apply what can change while serving.
 async fn reload(
     relay: &Relay,
@@ -107,19 +57,20 @@ async fn reload(
     started: &Config,
     running_sinks: &mut BTreeMap<String, SinkConfig>,
 ) -> Result<Plan, AppError> {
-    let new = crate::load(path)?.config;
+    let loaded = crate::load(path)?;
     // `[delivery]` keeps its running value: the windows must fit the running de-duplication.
-    new.check_replay_windows(started.delivery.dedup_window_secs)?;
-    let plan = Plan::resolve_front(new)?;
+    loaded
+        .config
+        .check_replay_windows(started.delivery.dedup_window_secs)?;
+    let plan = Plan::resolve_front(loaded)?;
     let new = &plan.config;
     // In confirm mode, sinks are rebuilt where their configuration changed; the spool's lanes
-    // are per sink, so in spool mode they need a restart (see needs_restart).
-    let sinks =
-        if started.delivery.mode != DeliveryMode::Spool && differs(running_sinks, &new.sinks) {
-            Some(crate::sinks::for_reload(running_sinks, &relay.sinks(), new).await?)
-        } else {
-            None
-        };
+    // are per sink, so in spool mode they need a restart (their class is `Sinks`).
+    let sinks = if started.delivery.mode != DeliveryMode::Spool && *running_sinks != new.sinks {
+        Some(crate::sinks::for_reload(running_sinks, &relay.sinks(), &plan).await?)
+    } else {
+        None
+    };
     // The sinks built for this reload: closed again if it is refused.
     let running = relay.sinks();
     let fresh: Vec<Arc<dyn Sink>> = sinks
@@ -140,7 +91,8 @@ async fn reload(
                 *running_sinks = new.sinks.clone();
             }
             if !retired.is_empty() {
-                let within = Duration::from_millis(new.server.shutdown_timeout_ms);
+                // `shutdown_timeout_ms` needs a restart: the running value.
+                let within = Duration::from_millis(started.server.shutdown_timeout_ms);
                 tokio::spawn(cal_relay_accept::Acceptor::retire(retired, within));
             }
         }
@@ -151,7 +103,7 @@ async fn reload(
             return Err(e.into());
         }
     }
-    let restart = needs_restart(started, new);
+    let restart = started.needs_restart(new);
     if !restart.is_empty() {
         tracing::warn!(keys = ?restart, "SIGHUP: these settings need a restart; their running values stay");
     }

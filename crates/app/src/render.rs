@@ -55,8 +55,8 @@ pub fn render(plan: &Plan) -> Result<String, AppError> {
         write_source(&mut out, plan, i)?;
     }
     writeln!(out, "sinks:")?;
-    for (name, sink) in &config.sinks {
-        writeln!(out, "  {name}: {} {}", sink.kind(), sink.describe())?;
+    for (name, sink) in &plan.sinks {
+        writeln!(out, "  {name}: {} {}", sink.kind(), sink.summary())?;
     }
     write_routes(&mut out, plan)?;
     Ok(out)

@@ -30,7 +30,7 @@ pub async fn serve(plan: Plan, how: Serving) -> Result<(), AppError> {
     let config = &plan.config;
     let metrics = Metrics::new()?;
     let traces = start_tracing(config, metrics.registry())?;
-    let sinks = crate::sinks::build_all(config).await?;
+    let sinks = crate::sinks::build_all(&plan).await?;
     let spool = open_spool(config, &sinks, &metrics)?;
     let acceptor = cal_relay_accept::Acceptor::new(
         sinks,

@@ -1,41 +1,68 @@
-//! The sink kinds the relay knows, and the sink set it runs: built at start-up, and on a
-//! reload in confirm mode rebuilt only where a sink's settings changed.
+//! The sink kinds the relay knows (one registration line each), and the sink set it runs:
+//! built at start-up, and on a reload in confirm mode rebuilt only where a sink's settings
+//! changed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cal_relay_config::{Config, SinkConfig};
-use cal_relay_sink::Sink;
+use cal_relay_config::{invalid, ConfigError, Loaded, SinkConfig};
+use cal_relay_sink::{Sink, SinkSettings};
+use serde::de::DeserializeOwned;
 
+use crate::plan::Plan;
 use crate::AppError;
 
-/// What building a sink checks, short of connecting.
-pub fn check(sink: &SinkConfig) -> Result<(), String> {
-    match sink {
-        SinkConfig::File(_) => Ok(()),
-        SinkConfig::Amqp(c) => c.check().map_err(|e| e.to_string()),
-        SinkConfig::Kafka(c) => c.check().map_err(|e| e.to_string()),
-        SinkConfig::Nats(c) => c.check().map_err(|e| e.to_string()),
-    }
+/// A sink's settings read as kind `T`, with the environment variables ignored in its table.
+type Read = (Arc<dyn SinkSettings>, Vec<String>);
+
+fn typed<T: SinkSettings + DeserializeOwned>(
+    loaded: &Loaded,
+    name: &str,
+) -> Result<Read, ConfigError> {
+    let (settings, ignored) = loaded.sink_settings::<T>(name)?;
+    Ok((Arc::new(settings), ignored))
+}
+
+/// How a kind reads `[sinks.NAME]`.
+type Reader = fn(&Loaded, &str) -> Result<Read, ConfigError>;
+
+/// Every sink kind there is, by its `type`: adding a kind adds its crate and a line here.
+const KINDS: &[(&str, Reader)] = &[
+    ("file", typed::<cal_relay_sink_file::FileSinkConfig>),
+    ("nats", typed::<cal_relay_sink_nats::NatsSinkConfig>),
+    ("amqp", typed::<cal_relay_sink_amqp::AmqpSinkConfig>),
+    ("kafka", typed::<cal_relay_sink_kafka::KafkaSinkConfig>),
+];
+
+/// `[sinks.NAME]` read as the kind its `type` names.
+pub fn read(loaded: &Loaded, name: &str, kind: &str) -> Result<Read, AppError> {
+    let Some((_, read)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+        let known: Vec<String> = KINDS.iter().map(|(k, _)| format!("`{k}`")).collect();
+        return Err(AppError::Load(invalid(
+            format!("sinks.{name}.type"),
+            format!(
+                "unknown variant `{kind}`, expected one of {}",
+                known.join(", ")
+            ),
+        )));
+    };
+    read(loaded, name).map_err(AppError::Load)
 }
 
 /// Build one sink (it connects in the background; [`Sink::ready`] says when it can publish).
-pub async fn build(name: &str, sink: &SinkConfig) -> Result<Arc<dyn Sink>, AppError> {
-    let key = || format!("sinks.{name}");
-    Ok(match sink {
-        SinkConfig::File(c) => Arc::new(c.build().map_err(|e| AppError::setting(key(), e))?),
-        SinkConfig::Amqp(c) => Arc::new(c.build().map_err(|e| AppError::setting(key(), e))?),
-        SinkConfig::Kafka(c) => Arc::new(c.build().map_err(|e| AppError::setting(key(), e))?),
-        SinkConfig::Nats(c) => Arc::new(c.build().await.map_err(|e| AppError::setting(key(), e))?),
-    })
+pub async fn build(name: &str, settings: &dyn SinkSettings) -> Result<Arc<dyn Sink>, AppError> {
+    settings
+        .build()
+        .await
+        .map_err(|e| AppError::setting(format!("sinks.{name}"), e))
 }
 
-/// Every sink of `config`, by name.
-pub async fn build_all(config: &Config) -> Result<BTreeMap<String, Arc<dyn Sink>>, AppError> {
+/// Every sink of the plan, by name.
+pub async fn build_all(plan: &Plan) -> Result<BTreeMap<String, Arc<dyn Sink>>, AppError> {
     let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
-    for (name, sink) in &config.sinks {
-        sinks.insert(name.clone(), build(name, sink).await?);
+    for (name, settings) in &plan.sinks {
+        sinks.insert(name.clone(), build(name, settings.as_ref()).await?);
     }
     Ok(sinks)
 }
@@ -50,20 +77,18 @@ const RELOAD_SINK_READY: Duration = Duration::from_secs(10);
 pub async fn for_reload(
     running_config: &BTreeMap<String, SinkConfig>,
     running: &cal_relay_accept::Sinks,
-    new: &Config,
+    new: &Plan,
 ) -> Result<cal_relay_accept::Sinks, AppError> {
     let mut sinks = cal_relay_accept::Sinks::new();
     let mut built: Vec<Arc<dyn Sink>> = Vec::new();
     let result = async {
-        for (name, config) in &new.sinks {
-            let unchanged = running_config
-                .get(name)
-                .is_some_and(|c| !crate::reload::differs(c, config));
+        for (name, settings) in &new.sinks {
+            let unchanged = running_config.get(name) == new.config.sinks.get(name);
             if let (true, Some(sink)) = (unchanged, running.get(name)) {
                 sinks.insert(name.clone(), sink.clone());
                 continue;
             }
-            let sink = build(name, config).await?;
+            let sink = build(name, settings.as_ref()).await?;
             built.push(sink.clone());
             let deadline = tokio::time::Instant::now() + RELOAD_SINK_READY;
             while !sink.ready() {

@@ -1,28 +1,36 @@
 //! cal-relay's configuration: built-in defaults < TOML file < `CAL_RELAY_*` environment (`__`
-//! for nesting), then validation into the parts the relay is built from. Errors name the
-//! offending key as the user wrote it. `CAL_RELAY_CONFIG` is the file's path, never a key; other
-//! variables with the prefix that name no key (Kubernetes service links, typos) are ignored with
-//! a warning, while an unknown key in the file stays an error. This crate only reads and checks
-//! (the file, the environment, secrets files): it must not connect to brokers, listen or log.
+//! for nesting), checked as far as plain data can be. Errors name the offending key as the
+//! user wrote it. `CAL_RELAY_CONFIG` is the file's path, never a key; other variables with the
+//! prefix that name no key (Kubernetes service links, typos) are ignored with a warning, while
+//! an unknown key in the file stays an error. A sink's table is kept as data and read into its
+//! kind's own settings type on demand ([`Loaded::sink_settings`]), so this crate knows no sink
+//! kind. It is plain data and validation: it depends on no runtime crate (no server, spool,
+//! sink or broker client), reads no file beyond the configuration itself, and must not
+//! connect, listen or log.
+
+mod reload;
+mod server;
+mod untyped;
+mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use cal_relay_core::{Freshness, Route, RouteTable, Source, Verifier};
-use cal_relay_server::{Endpoint, ServerConfig};
-use cal_relay_sink_amqp::AmqpSinkConfig;
-use cal_relay_sink_file::FileSinkConfig;
-use cal_relay_sink_kafka::KafkaSinkConfig;
-use cal_relay_sink_nats::NatsSinkConfig;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use reload::{class_of, CLASSES};
+pub use reload::{Change, ReloadClass};
+pub use server::{ServerConfig, TlsConfig, MIN_HEADER_BYTES};
+pub use validate::{no_secret, MAX_CONCURRENCY, MIN_SPOOL_BYTES, SPOOL_MAX_BODY_BYTES};
 
 /// The shipped example, used when no `--config` is given and `config/cal-relay.toml` is absent.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/cal-relay.toml");
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -45,7 +53,7 @@ pub struct Config {
 
 /// `[tracing]`: OpenTelemetry traces, exported over OTLP/HTTP (protobuf). Off unless
 /// `otlp_endpoint` is set.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TracingConfig {
     /// `http://collector:4318` (`/v1/traces` is added to a URL without a path) or a full URL.
@@ -73,7 +81,7 @@ impl Default for TracingConfig {
 }
 
 /// `[schema]`: drift detection against the published JSON Schemas.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchemaConfig {
     /// `off` (default) or `warn`: check each known trigger's body against its schema, count
@@ -82,7 +90,7 @@ pub struct SchemaConfig {
     pub check: SchemaCheck,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SchemaCheck {
     #[default]
@@ -91,7 +99,7 @@ pub enum SchemaCheck {
 }
 
 /// When a delivery counts as accepted (`delivery.mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryMode {
     /// 2xx once every target sink confirmed, 503 otherwise.
@@ -110,7 +118,7 @@ impl std::fmt::Display for DeliveryMode {
 }
 
 /// `[delivery]`: when a delivery counts as accepted.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// `spool`: 2xx once fsync'd to the local log, forwarded later. `confirm`: 2xx once every
@@ -174,12 +182,22 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// `log.format`: how each log line is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// A tracing filter such as `info` or `cal_relay=debug`; `RUST_LOG` wins when set.
     pub level: String,
 }
@@ -187,14 +205,14 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            format: "text".into(),
+            format: LogFormat::Text,
             level: "info".into(),
         }
     }
 }
 
 /// `[[sources]]`: one webhook endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub name: String,
@@ -233,12 +251,18 @@ pub struct SourceConfig {
     pub template_event_type: String,
 }
 
+/// CloudEvents `source` of a source's messages unless it sets `event_source`.
+pub const DEFAULT_EVENT_SOURCE: &str = "https://cal.com";
+
+/// CloudEvents `type` of template bodies unless a source sets `template_event_type`.
+pub const DEFAULT_TEMPLATE_EVENT_TYPE: &str = "com.cal.template";
+
 fn default_event_source() -> String {
-    cal_relay_core::DEFAULT_EVENT_SOURCE.to_owned()
+    DEFAULT_EVENT_SOURCE.to_owned()
 }
 
 fn default_template_event_type() -> String {
-    cal_relay_core::DEFAULT_TEMPLATE_EVENT_TYPE.to_owned()
+    DEFAULT_TEMPLATE_EVENT_TYPE.to_owned()
 }
 
 /// One hour: Cal.com retries a queued delivery within minutes, keeping its `createdAt`, and
@@ -259,66 +283,18 @@ fn default_scheduled_allowance() -> u64 {
     DEFAULT_SCHEDULED_ALLOWANCE_SECS
 }
 
-impl SourceConfig {
-    /// The replay rule of this source; `None` when `replay_window_secs` is 0.
-    pub fn freshness(&self) -> Option<Freshness> {
-        (self.replay_window_secs > 0).then(|| Freshness {
-            window: std::time::Duration::from_secs(self.replay_window_secs),
-            scheduled_allowance: std::time::Duration::from_secs(self.scheduled_allowance_secs),
-        })
-    }
-}
-
-/// Smallest `delivery.max_bytes`: four of the spool's smallest segments.
-pub const MIN_SPOOL_BYTES: u64 = 4 * 64 * 1024;
-
-/// Upper bound of `server.max_connections` and `server.max_in_flight`.
-pub const MAX_CONCURRENCY: usize = 1 << 20;
-
-/// `[sinks.NAME]`, chosen by `type`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SinkConfig {
-    File(FileSinkConfig),
-    Nats(Box<NatsSinkConfig>),
-    Amqp(Box<AmqpSinkConfig>),
-    Kafka(Box<KafkaSinkConfig>),
-}
-
-impl SinkConfig {
-    /// Whether this sink publishes CloudEvents (so messages need their attributes).
-    pub fn renders_cloudevents(&self) -> bool {
-        use cal_relay_sink::cloudevents::Mode;
-        match self {
-            SinkConfig::File(_) => false,
-            SinkConfig::Nats(c) => c.cloudevents != Mode::Off,
-            SinkConfig::Amqp(c) => c.cloudevents != Mode::Off,
-            SinkConfig::Kafka(c) => c.cloudevents != Mode::Off,
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::File(_) => "file",
-            SinkConfig::Nats(_) => "nats",
-            SinkConfig::Amqp(_) => "amqp",
-            SinkConfig::Kafka(_) => "kafka",
-        }
-    }
-
-    /// What `check-config` prints about the sink (never credentials).
-    pub fn describe(&self) -> String {
-        match self {
-            SinkConfig::File(c) => format!("path={}", c.path),
-            SinkConfig::Nats(c) => c.describe(),
-            SinkConfig::Amqp(c) => c.describe(),
-            SinkConfig::Kafka(c) => c.describe(),
-        }
-    }
+/// `[sinks.NAME]`: its `type`, and the rest of its table as data; the kind's own settings
+/// type reads it ([`Loaded::sink_settings`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub settings: figment::value::Dict,
 }
 
 /// `[[routes]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub triggers: Vec<String>,
@@ -336,9 +312,23 @@ pub enum ConfigError {
     Load(String),
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+    /// Several of the above, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+impl ConfigError {
+    /// `Ok` when `errors` is empty, the one error, or all of them.
+    pub fn from_all(mut errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Many(errors)),
+        }
+    }
+}
+
+pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -359,17 +349,78 @@ pub struct Loaded {
     pub config: Config,
     /// Variable names, as set in the environment; their values are never kept.
     pub ignored_env: Vec<String>,
+    /// The file (or built-in default) the configuration came from, before the environment.
+    file: Figment,
+    /// Keys (lower case, `.`-separated) only the environment sets and no key has.
+    skip: BTreeSet<String>,
+}
+
+/// The one warning line about ignored variables, if any were ignored (names only).
+pub fn env_warning(ignored: &[String]) -> Option<String> {
+    (!ignored.is_empty()).then(|| {
+        format!(
+            "ignored environment variable(s) {} (no such configuration key)",
+            ignored.join(", ")
+        )
+    })
 }
 
 impl Loaded {
     /// The one warning line about ignored variables, if any were ignored (names only).
     pub fn env_warning(&self) -> Option<String> {
-        (!self.ignored_env.is_empty()).then(|| {
-            format!(
-                "ignored environment variable(s) {} (no such configuration key)",
-                self.ignored_env.join(", ")
-            )
-        })
+        env_warning(&self.ignored_env)
+    }
+
+    /// `[sinks.NAME]` read into its kind's settings type `T` (its `type` key left out), with
+    /// the errors and the environment handling of the whole configuration: an unknown key in
+    /// the file is an error, one only the environment sets is ignored and returned by name.
+    pub fn sink_settings<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<(T, Vec<String>), ConfigError> {
+        let key = format!("sinks.{name}");
+        let mut skip = self.skip.clone();
+        let settings = extract_skipping(&self.file, &mut skip, |figment| {
+            figment
+                .extract_inner::<untyped::WithoutType<T>>(&key)
+                .map(|w| w.0)
+                .map_err(|e| Box::new(untyped::rooted(e, &key)))
+        })?;
+        let ignored = skip.difference(&self.skip).map(|k| env_name(k)).collect();
+        Ok((settings, ignored))
+    }
+}
+
+/// Extract with `extract`, dropping one by one the unknown keys only the environment sets
+/// (recorded in `skip`); any other error (the file's own unknown keys included) stands.
+fn extract_skipping<T>(
+    file: &Figment,
+    skip: &mut BTreeSet<String>,
+    extract: impl Fn(&Figment) -> Result<T, Box<figment::Error>>,
+) -> Result<T, ConfigError> {
+    let env_keys: BTreeSet<String> = env_provider(&BTreeSet::new())
+        .iter()
+        .map(|(k, _)| k.as_str().to_ascii_lowercase())
+        .collect();
+    loop {
+        match extract(&file.clone().merge(env_provider(skip))) {
+            Ok(value) => return Ok(value),
+            Err(e) => {
+                let e = *e;
+                let culprit = e
+                    .clone()
+                    .into_iter()
+                    .filter_map(|e| unknown_key(&e))
+                    .map(|k| k.to_ascii_lowercase())
+                    .find(|k| env_keys.contains(k) && !skip.contains(k));
+                match culprit {
+                    Some(k) => {
+                        skip.insert(k);
+                    }
+                    None => return Err(ConfigError::Load(describe(e))),
+                }
+            }
+        }
     }
 }
 
@@ -471,291 +522,18 @@ impl Config {
     }
 
     fn load_figment(file: Figment) -> Result<Loaded, ConfigError> {
-        let env_keys: BTreeSet<String> = env_provider(&BTreeSet::new())
-            .iter()
-            .map(|(k, _)| k.as_str().to_ascii_lowercase())
-            .collect();
         let mut skip = BTreeSet::new();
-        let config: Config = loop {
-            match file.clone().merge(env_provider(&skip)).extract::<Config>() {
-                Ok(c) => break c,
-                Err(e) => {
-                    // Unknown keys that only the environment sets are dropped one by one; any
-                    // other error (the file's own unknown keys included) stands.
-                    let culprit = e
-                        .clone()
-                        .into_iter()
-                        .filter_map(|e| unknown_key(&e))
-                        .map(|k| k.to_ascii_lowercase())
-                        .find(|k| env_keys.contains(k) && !skip.contains(k));
-                    match culprit {
-                        Some(k) => {
-                            skip.insert(k);
-                        }
-                        None => return Err(ConfigError::Load(describe(e))),
-                    }
-                }
-            }
-        };
+        let config = extract_skipping(&file, &mut skip, |f| {
+            f.extract::<Config>().map_err(Box::new)
+        })?;
         config.validate()?;
         Ok(Loaded {
             config,
             ignored_env: skip.iter().map(|k| env_name(k)).collect(),
+            file,
+            skip,
         })
     }
-
-    /// Checks beyond the types: names, references, secrets.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "server.listen",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:8080",
-                    self.server.listen
-                ),
-            ));
-        }
-        if self.server.max_body_bytes == 0 {
-            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
-        }
-        let srv = &self.server;
-        if srv.max_header_bytes < cal_relay_server::MIN_HEADER_BYTES {
-            return Err(invalid(
-                "server.max_header_bytes",
-                format!("must be at least {}", cal_relay_server::MIN_HEADER_BYTES),
-            ));
-        }
-        for (key, value) in [
-            ("server.max_connections", srv.max_connections),
-            ("server.max_in_flight", srv.max_in_flight),
-            ("server.max_headers", srv.max_headers),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
-        }
-        // Each is a semaphore's permit count (tokio takes at most 2^61 - 1); a million is far
-        // beyond what a process's file descriptors or memory allow anyway.
-        for (key, value) in [
-            ("server.max_connections", srv.max_connections),
-            ("server.max_in_flight", srv.max_in_flight),
-        ] {
-            if value > MAX_CONCURRENCY {
-                return Err(invalid(key, format!("must be at most {MAX_CONCURRENCY}")));
-            }
-        }
-        if srv.listen_backlog == 0 {
-            return Err(invalid("server.listen_backlog", "must be at least 1"));
-        }
-        srv.trusted_proxy_nets()
-            .map_err(|e| invalid("server.trusted_proxies", e))?;
-        if let Some(tls) = &srv.tls {
-            cal_relay_server::Tls::load(tls).map_err(|e| invalid("server.tls", e.to_string()))?;
-        }
-        let d = &self.delivery;
-        if d.mode == DeliveryMode::Spool
-            && self.server.max_body_bytes > cal_relay_spool::record::MAX_BODY_BYTES
-        {
-            return Err(invalid(
-                "server.max_body_bytes",
-                format!(
-                    "at most {} in spool mode (a spool record holds one delivery)",
-                    cal_relay_spool::record::MAX_BODY_BYTES
-                ),
-            ));
-        }
-        if d.max_bytes < MIN_SPOOL_BYTES {
-            return Err(invalid(
-                "delivery.max_bytes",
-                format!("must be at least {MIN_SPOOL_BYTES}: segments are at least 64 KiB, and compaction behind a stuck entry needs room for three of them and one more to write to"),
-            ));
-        }
-        if d.max_attempts == 0 || d.lanes == 0 || d.lanes > 4096 {
-            return Err(invalid(
-                "delivery",
-                "max_attempts must be at least 1 and lanes between 1 and 4096",
-            ));
-        }
-        if d.retry_initial_ms == 0 || d.retry_max_ms < d.retry_initial_ms {
-            return Err(invalid(
-                "delivery.retry_max_ms",
-                "retry_initial_ms must be > 0 and retry_max_ms >= retry_initial_ms",
-            ));
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(invalid("log.format", "must be \"text\" or \"json\""));
-        }
-        if self.sources.is_empty() {
-            return Err(invalid("sources", "at least one [[sources]] is needed"));
-        }
-        for (i, s) in self.sources.iter().enumerate() {
-            if s.name.trim().is_empty() {
-                return Err(invalid(format!("sources[{i}].name"), "must not be empty"));
-            }
-            if s.template_destination
-                .as_deref()
-                .is_some_and(|d| d.trim().is_empty())
-            {
-                return Err(invalid(
-                    format!("sources[{i}].template_destination"),
-                    "must not be empty",
-                ));
-            }
-            cal_relay_server::parse_nets(&s.allow_from)
-                .map_err(|e| invalid(format!("sources[{i}].allow_from"), e))?;
-            let secrets = self.secrets_of(i)?;
-            if secrets.is_empty() && !s.allow_unsigned {
-                return Err(invalid(
-                    format!("sources[{i}].secrets"),
-                    "no secret configured: set secrets, secrets_file or secrets_env, or allow_unsigned = true",
-                ));
-            }
-        }
-        self.check_replay_windows(d.dedup_window_secs)?;
-        if self.sinks.is_empty() {
-            return Err(invalid("sinks", "at least one [sinks.NAME] is needed"));
-        }
-        if self.routes.is_empty() {
-            return Err(invalid("routes", "at least one [[routes]] is needed"));
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            for s in &r.sinks {
-                if !self.sinks.contains_key(s) {
-                    return Err(invalid(
-                        format!("routes[{i}].sinks"),
-                        format!(
-                            "no sink named {s:?} (configured: {:?})",
-                            self.sinks.keys().collect::<Vec<_>>()
-                        ),
-                    ));
-                }
-            }
-        }
-        self.route_table()?;
-        Ok(())
-    }
-
-    /// Every source's longest replay window fits in a de-duplication window of
-    /// `dedup_window_secs` (this file's own, or on a reload the running one, which a reload
-    /// does not change), so a replay inside a window is still remembered.
-    pub fn check_replay_windows(&self, dedup_window_secs: u64) -> Result<(), ConfigError> {
-        for (i, s) in self.sources.iter().enumerate() {
-            let Some(f) = s.freshness() else {
-                continue;
-            };
-            let longest = f.longest().as_secs();
-            if longest > dedup_window_secs {
-                return Err(invalid(
-                    format!("sources[{i}].replay_window_secs"),
-                    format!(
-                        "replay_window_secs + scheduled_allowance_secs ({} + {} = {longest} s) is longer than the de-duplication window (delivery.dedup_window_secs, {dedup_window_secs} s running): a replay inside the window would be published again",
-                        s.replay_window_secs, s.scheduled_allowance_secs
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Every secret of source `i`: inline, from its file, from its environment variable.
-    pub fn secrets_of(&self, i: usize) -> Result<Vec<String>, ConfigError> {
-        let s = &self.sources[i];
-        let mut secrets: Vec<String> = s
-            .secrets
-            .iter()
-            .filter(|x| !x.is_empty())
-            .cloned()
-            .collect();
-        if let Some(file) = &s.secrets_file {
-            let text = read_secrets_file(file).map_err(|e| {
-                invalid(
-                    format!("sources[{i}].secrets_file"),
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?;
-            secrets.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_owned),
-            );
-        }
-        if let Some(var) = &s.secrets_env {
-            let value = std::env::var(var).map_err(|_| {
-                invalid(
-                    format!("sources[{i}].secrets_env"),
-                    format!("environment variable {var} is not set"),
-                )
-            })?;
-            secrets.extend(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_owned),
-            );
-        }
-        Ok(secrets)
-    }
-
-    /// The sources, mounted on their paths.
-    pub fn endpoints(&self) -> Result<Vec<Endpoint>, ConfigError> {
-        (0..self.sources.len())
-            .map(|i| {
-                let s = &self.sources[i];
-                let secrets = self.secrets_of(i)?;
-                Ok(Endpoint {
-                    allow_from: cal_relay_server::parse_nets(&s.allow_from)
-                        .map_err(|e| invalid(format!("sources[{i}].allow_from"), e))?,
-                    path: s.path.clone(),
-                    source: Source {
-                        freshness: s.freshness(),
-                        name: s.name.clone(),
-                        verifier: Verifier::new(&secrets, s.allow_unsigned),
-                        template_destination: s.template_destination.clone(),
-                        event_source: s.event_source.clone(),
-                        template_event_type: s.template_event_type.clone(),
-                        cloudevents: self.delivery.mode == DeliveryMode::Spool
-                            || self.sinks.values().any(SinkConfig::renders_cloudevents),
-                    },
-                })
-            })
-            .collect()
-    }
-
-    pub fn route_table(&self) -> Result<RouteTable, ConfigError> {
-        let routes = self
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                Route::new(i, &r.triggers, r.sinks.clone(), r.destination.clone())
-                    .map_err(|e| invalid(format!("routes[{i}]"), e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(RouteTable::new(routes))
-    }
-}
-
-/// Largest secrets file read (a few secrets fit in far less; a path to a device or a huge file
-/// is refused instead of read without end).
-pub const MAX_SECRETS_FILE_BYTES: u64 = 64 * 1024;
-
-fn read_secrets_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut text = String::new();
-    file.take(MAX_SECRETS_FILE_BYTES + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_SECRETS_FILE_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {MAX_SECRETS_FILE_BYTES} bytes"
-        )));
-    }
-    Ok(text)
 }
 
 #[cfg(test)]
@@ -813,18 +591,5 @@ mod tests {
         let unknown = format!("{MINIMAL}\n[server]\nlisten_on = \"x\"");
         let e = parse(&unknown).unwrap_err().to_string();
         assert!(e.contains("listen_on"), "{e}");
-    }
-
-    #[test]
-    fn secrets_file_and_env() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("secrets");
-        std::fs::write(&file, "# rotated 2026\n0123\n\nold\n").unwrap();
-        let toml = MINIMAL.replace(
-            "secrets = [\"s\"]",
-            &format!("secrets_file = {:?}", file.display().to_string()),
-        );
-        let c = parse(&toml).unwrap();
-        assert_eq!(c.secrets_of(0).unwrap(), ["0123", "old"]);
     }
 }

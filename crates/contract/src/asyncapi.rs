@@ -8,22 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-/// How a sink publishes, as far as consumers can tell.
-#[derive(Debug, Clone)]
-pub enum Protocol {
-    Kafka,
-    /// Exchange name, type, and whether messages are persistent.
-    Amqp {
-        exchange: String,
-        exchange_type: String,
-        persistent: bool,
-    },
-    Nats {
-        jetstream: bool,
-    },
-    /// A local file of JSON lines.
-    File,
-}
+pub use cal_relay_sink::Protocol;
 
 /// One sink of the configuration.
 #[derive(Debug, Clone)]

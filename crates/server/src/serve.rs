@@ -16,72 +16,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 pub use ipnet::IpNet;
-use serde::Deserialize;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 use crate::relay::Relay;
-use crate::tls::{Tls, TlsConfig};
-
-/// `[server]`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Address to listen on.
-    pub listen: String,
-    /// Larger bodies are answered 413 without being read.
-    pub max_body_bytes: usize,
-    /// Time a client has to send the request head; also how long an idle keep-alive
-    /// connection stays open (hyper starts this timer as soon as it waits for a request).
-    pub header_read_timeout_ms: u64,
-    /// Time a client has to send the whole body.
-    pub body_read_timeout_ms: u64,
-    /// Time in-flight requests get to finish after SIGTERM/SIGINT.
-    pub shutdown_timeout_ms: u64,
-    /// Open connections at most; beyond it new connections wait in the kernel's backlog.
-    pub max_connections: usize,
-    /// Delivery requests handled at once; beyond it `503 overloaded` with `Retry-After`.
-    pub max_in_flight: usize,
-    /// Largest request head (request line and headers) in bytes; beyond it 431. At least 8192.
-    pub max_header_bytes: usize,
-    /// Most headers in a request; beyond it 431.
-    pub max_headers: usize,
-    /// Length of the kernel's queue of connections not yet accepted.
-    pub listen_backlog: u32,
-    /// Peers whose `X-Forwarded-For` is believed (CIDRs, e.g. an ingress controller's range).
-    pub trusted_proxies: Vec<String>,
-    /// TLS on the listener (HTTP/2 and HTTP/1.1 by ALPN); plain HTTP/1.1 without it.
-    pub tls: Option<TlsConfig>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: "127.0.0.1:8080".into(),
-            max_body_bytes: 1024 * 1024,
-            header_read_timeout_ms: 10_000,
-            body_read_timeout_ms: 30_000,
-            shutdown_timeout_ms: 25_000,
-            max_connections: 1024,
-            max_in_flight: 128,
-            max_header_bytes: 16 * 1024,
-            max_headers: 64,
-            listen_backlog: 1024,
-            trusted_proxies: Vec::new(),
-            tls: None,
-        }
-    }
-}
-
-/// hyper's smallest read buffer: a smaller `max_header_bytes` is refused by validation.
-pub const MIN_HEADER_BYTES: usize = 8192;
-
-impl ServerConfig {
-    /// `trusted_proxies` parsed; the first entry that is not a CIDR or an address is the error.
-    pub fn trusted_proxy_nets(&self) -> Result<Vec<IpNet>, String> {
-        parse_nets(&self.trusted_proxies)
-    }
-}
+use crate::tls::Tls;
+pub use cal_relay_config::{ServerConfig, MIN_HEADER_BYTES};
 
 /// Parse CIDRs (`10.0.0.0/8`, `::1/128`) or plain addresses (`127.0.0.1`, a /32 or /128).
 pub fn parse_nets(items: &[String]) -> Result<Vec<IpNet>, String> {

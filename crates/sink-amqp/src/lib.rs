@@ -8,7 +8,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cal_relay_sink::{cloudevents, Message, OneOrMany, Sink, SinkError};
+use cal_relay_sink::{cloudevents, first_host, Message, OneOrMany, Sink, SinkError};
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -28,8 +28,8 @@ pub struct AmqpSinkConfig {
     #[serde(default = "default_exchange")]
     pub exchange: String,
     /// `topic` (default), `direct`, `fanout` or `headers`.
-    #[serde(default = "default_exchange_type")]
-    pub exchange_type: String,
+    #[serde(default)]
+    pub exchange_type: ExchangeType,
     /// Declare the exchange (durable) on every (re)connection (default true).
     #[serde(default = "yes")]
     pub declare_exchange: bool,
@@ -62,8 +62,26 @@ fn default_cloudevents_prefix() -> String {
 fn default_exchange() -> String {
     "cal".into()
 }
-fn default_exchange_type() -> String {
-    "topic".into()
+/// `exchange_type`: how the exchange routes by the routing key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    #[default]
+    Topic,
+    Direct,
+    Fanout,
+    Headers,
+}
+
+impl ExchangeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeType::Topic => "topic",
+            ExchangeType::Direct => "direct",
+            ExchangeType::Fanout => "fanout",
+            ExchangeType::Headers => "headers",
+        }
+    }
 }
 fn yes() -> bool {
     true
@@ -80,8 +98,6 @@ fn default_key_header() -> String {
 pub enum AmqpSinkError {
     #[error("url must start with amqp:// or amqps://")]
     Url,
-    #[error("exchange_type must be topic, direct, fanout or headers, not {0:?}")]
-    ExchangeType(String),
     #[error("url {0}: {1}")]
     Uri(String, String),
 }
@@ -98,18 +114,18 @@ impl AmqpSinkConfig {
             .join(",");
         format!(
             "url={url} exchange={} ({})",
-            self.exchange, self.exchange_type
+            self.exchange,
+            self.exchange_type.as_str()
         )
     }
 
-    fn kind(&self) -> Result<ExchangeKind, AmqpSinkError> {
-        Ok(match self.exchange_type.as_str() {
-            "topic" => ExchangeKind::Topic,
-            "direct" => ExchangeKind::Direct,
-            "fanout" => ExchangeKind::Fanout,
-            "headers" => ExchangeKind::Headers,
-            other => return Err(AmqpSinkError::ExchangeType(other.to_owned())),
-        })
+    fn kind(&self) -> ExchangeKind {
+        match self.exchange_type {
+            ExchangeType::Topic => ExchangeKind::Topic,
+            ExchangeType::Direct => ExchangeKind::Direct,
+            ExchangeType::Fanout => ExchangeKind::Fanout,
+            ExchangeType::Headers => ExchangeKind::Headers,
+        }
     }
 
     /// What [`AmqpSinkConfig::build`] checks, without connecting: every URL parses as an AMQP
@@ -126,7 +142,7 @@ impl AmqpSinkConfig {
             url.parse::<lapin::uri::AMQPUri>()
                 .map_err(|e| AmqpSinkError::Uri(cal_relay_sink::redact_url(url), e))?;
         }
-        self.kind().map(|_| ())
+        Ok(())
     }
 
     /// Start the sink: a supervisor task connects (and keeps reconnecting) in the background, so
@@ -140,7 +156,7 @@ impl AmqpSinkConfig {
         {
             return Err(AmqpSinkError::Url);
         }
-        let kind = self.kind()?;
+        let kind = self.kind();
         let channel = Arc::new(RwLock::new(None));
         let supervisor = tokio::spawn(supervise(self.clone(), kind, channel.clone()));
         Ok(AmqpSink {
@@ -408,6 +424,42 @@ impl Sink for AmqpSink {
     }
 }
 
+#[async_trait::async_trait]
+impl cal_relay_sink::SinkSettings for AmqpSinkConfig {
+    fn kind(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn check(&self) -> Result<(), cal_relay_sink::BoxError> {
+        Ok(AmqpSinkConfig::check(self)?)
+    }
+
+    async fn build(&self) -> Result<std::sync::Arc<dyn Sink>, cal_relay_sink::BoxError> {
+        Ok(std::sync::Arc::new(AmqpSinkConfig::build(self)?))
+    }
+
+    fn cloudevents(&self) -> cloudevents::Mode {
+        self.cloudevents
+    }
+
+    fn summary(&self) -> String {
+        self.describe()
+    }
+
+    fn described(&self) -> cal_relay_sink::Described {
+        cal_relay_sink::Described {
+            protocol: cal_relay_sink::Protocol::Amqp {
+                exchange: self.exchange.clone(),
+                exchange_type: self.exchange_type.as_str().to_owned(),
+                persistent: self.persistent,
+            },
+            host: first_host(&self.url),
+            key_header: Some(self.key_header.clone()),
+            cloudevents_prefix: Some(self.cloudevents_prefix.clone()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,7 +469,7 @@ mod tests {
         let c = AmqpSinkConfig {
             url: OneOrMany::One("amqp://user:secret@rabbit:5672/%2f".into()),
             exchange: default_exchange(),
-            exchange_type: default_exchange_type(),
+            exchange_type: ExchangeType::Topic,
             declare_exchange: true,
             persistent: true,
             mandatory: true,
@@ -430,10 +482,5 @@ mod tests {
             c.describe(),
             "url=amqp://rabbit:5672/%2f exchange=cal (topic)"
         );
-        let bad = AmqpSinkConfig {
-            exchange_type: "weird".into(),
-            ..c
-        };
-        assert!(bad.kind().is_err());
     }
 }

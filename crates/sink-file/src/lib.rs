@@ -235,6 +235,30 @@ impl Sink for FileSink {
     }
 }
 
+#[async_trait::async_trait]
+impl cal_relay_sink::SinkSettings for FileSinkConfig {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    async fn build(&self) -> Result<std::sync::Arc<dyn Sink>, cal_relay_sink::BoxError> {
+        Ok(std::sync::Arc::new(FileSinkConfig::build(self)?))
+    }
+
+    fn summary(&self) -> String {
+        format!("path={}", self.path)
+    }
+
+    fn described(&self) -> cal_relay_sink::Described {
+        cal_relay_sink::Described {
+            protocol: cal_relay_sink::Protocol::File,
+            host: self.path.clone(),
+            key_header: None,
+            cloudevents_prefix: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

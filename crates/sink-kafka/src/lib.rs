@@ -25,14 +25,13 @@ use serde::Deserialize;
 pub struct KafkaSinkConfig {
     /// `host:port[,host:port…]`.
     pub brokers: String,
-    /// `all` (default), `1` or `0`.
-    #[serde(default = "default_acks")]
-    pub acks: String,
+    /// `all` (default, also written `-1`), `1` or `0`.
+    #[serde(default)]
+    pub acks: Acks,
     #[serde(default = "yes")]
     pub enable_idempotence: bool,
-    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
-    #[serde(default = "default_compression")]
-    pub compression: String,
+    #[serde(default)]
+    pub compression: Compression,
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
     /// Upper bound on waiting for a delivery report (1 s to 5 min; default 5 s).
@@ -56,14 +55,56 @@ pub struct KafkaSinkConfig {
     pub cloudevents: cloudevents::Mode,
 }
 
-fn default_acks() -> String {
-    "all".into()
+/// `acks`: how many replicas confirm a write before its delivery report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Acks {
+    /// Every in-sync replica (the only setting that loses nothing on a broker failover).
+    #[default]
+    #[serde(rename = "all", alias = "-1")]
+    All,
+    #[serde(rename = "1")]
+    Leader,
+    #[serde(rename = "0")]
+    None,
+}
+
+impl Acks {
+    /// The value librdkafka takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Acks::All => "all",
+            Acks::Leader => "1",
+            Acks::None => "0",
+        }
+    }
+}
+
+/// `compression`: librdkafka's `compression.type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// The value librdkafka takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 fn yes() -> bool {
     true
-}
-fn default_compression() -> String {
-    "none".into()
 }
 fn default_linger_ms() -> u64 {
     5
@@ -94,7 +135,11 @@ impl KafkaSinkConfig {
     pub fn describe(&self) -> String {
         format!(
             "brokers={} acks={} idempotence={} compression={} create_topics={}",
-            self.brokers, self.acks, self.enable_idempotence, self.compression, self.create_topics
+            self.brokers,
+            self.acks.as_str(),
+            self.enable_idempotence,
+            self.compression.as_str(),
+            self.create_topics
         )
     }
 
@@ -103,18 +148,6 @@ impl KafkaSinkConfig {
             key,
             message: message.to_owned(),
         };
-        if !matches!(self.acks.as_str(), "all" | "-1" | "1" | "0") {
-            return Err(invalid("acks", "must be all, 1 or 0"));
-        }
-        if !matches!(
-            self.compression.as_str(),
-            "none" | "gzip" | "snappy" | "lz4" | "zstd"
-        ) {
-            return Err(invalid(
-                "compression",
-                "must be none, gzip, snappy, lz4 or zstd",
-            ));
-        }
         if !(1_000..=300_000).contains(&self.message_timeout_ms) {
             return Err(invalid(
                 "message_timeout_ms",
@@ -125,9 +158,9 @@ impl KafkaSinkConfig {
         config
             .set("bootstrap.servers", &self.brokers)
             .set("client.id", &self.client_id)
-            .set("acks", &self.acks)
+            .set("acks", self.acks.as_str())
             .set("enable.idempotence", self.enable_idempotence.to_string())
-            .set("compression.type", &self.compression)
+            .set("compression.type", self.compression.as_str())
             .set("linger.ms", self.linger_ms.to_string())
             .set("message.timeout.ms", self.message_timeout_ms.to_string())
             .set("allow.auto.create.topics", "false");
@@ -421,6 +454,44 @@ impl Sink for KafkaSink {
         let producer = self.producer.clone();
         let timeout = self.timeout;
         let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl cal_relay_sink::SinkSettings for KafkaSinkConfig {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn check(&self) -> Result<(), cal_relay_sink::BoxError> {
+        Ok(KafkaSinkConfig::check(self)?)
+    }
+
+    async fn build(&self) -> Result<std::sync::Arc<dyn Sink>, cal_relay_sink::BoxError> {
+        Ok(std::sync::Arc::new(KafkaSinkConfig::build(self)?))
+    }
+
+    fn cloudevents(&self) -> cloudevents::Mode {
+        self.cloudevents
+    }
+
+    fn summary(&self) -> String {
+        self.describe()
+    }
+
+    fn described(&self) -> cal_relay_sink::Described {
+        cal_relay_sink::Described {
+            protocol: cal_relay_sink::Protocol::Kafka,
+            host: self
+                .brokers
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned(),
+            key_header: None,
+            cloudevents_prefix: None,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind}
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, HeaderMap, ServerAddr};
-use cal_relay_sink::{cloudevents, Message, OneOrMany, Sink, SinkError};
+use cal_relay_sink::{cloudevents, first_host, Message, OneOrMany, Sink, SinkError};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
@@ -418,6 +418,40 @@ impl NatsSink {
                 "no_leader",
                 format!("JetStream did not answer for {subject}: {e}"),
             ),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl cal_relay_sink::SinkSettings for NatsSinkConfig {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn check(&self) -> Result<(), cal_relay_sink::BoxError> {
+        Ok(NatsSinkConfig::check(self)?)
+    }
+
+    async fn build(&self) -> Result<std::sync::Arc<dyn Sink>, cal_relay_sink::BoxError> {
+        Ok(std::sync::Arc::new(NatsSinkConfig::build(self).await?))
+    }
+
+    fn cloudevents(&self) -> cloudevents::Mode {
+        self.cloudevents
+    }
+
+    fn summary(&self) -> String {
+        self.describe()
+    }
+
+    fn described(&self) -> cal_relay_sink::Described {
+        cal_relay_sink::Described {
+            protocol: cal_relay_sink::Protocol::Nats {
+                jetstream: self.jetstream,
+            },
+            host: first_host(&self.url),
+            key_header: Some(self.key_header.clone()),
+            cloudevents_prefix: None,
         }
     }
 }

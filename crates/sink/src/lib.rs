@@ -5,6 +5,9 @@
 
 pub mod cloudevents;
 pub mod json;
+pub mod plugin;
+
+pub use plugin::{first_host, host_of, BoxError, Described, Protocol, SinkSettings};
 
 use std::borrow::Cow;
 use std::fmt;
