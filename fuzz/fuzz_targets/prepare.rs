@@ -73,7 +73,11 @@ fuzz_target!(|input: &[u8]| {
         webhook_version: content_type,
         received_at,
     };
-    let Ok(prepared) = source.prepare(&routes, inbound) else {
+    // The served path: verify, then prepare what verified.
+    let prepared = source
+        .verify(inbound)
+        .and_then(|verified| source.prepare_verified(&routes, verified));
+    let Ok(prepared) = prepared else {
         return;
     };
     let m = &prepared.message;

@@ -13,7 +13,7 @@ pub mod verify;
 pub use normalize::{normalize, NormalizeError, Normalized, Shape};
 pub use pipeline::{
     event_time, event_type, webhook_version, Freshness, Inbound, Prepared, Rejection, Source,
-    DEFAULT_EVENT_SOURCE, DEFAULT_TEMPLATE_EVENT_TYPE, EVENT_TYPE_PREFIX,
+    Verified, DEFAULT_EVENT_SOURCE, DEFAULT_TEMPLATE_EVENT_TYPE, EVENT_TYPE_PREFIX,
 };
 pub use route::{Route, RouteError, RouteTable};
 pub use verify::{sign, Verifier, VerifyError};

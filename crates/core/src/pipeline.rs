@@ -229,17 +229,20 @@ fn check_age(
     }
 }
 
-impl Source {
-    /// Verify, normalize and route `inbound`.
-    pub fn prepare<'r>(
-        &self,
-        routes: &'r RouteTable,
-        inbound: Inbound<'_>,
-    ) -> Result<Prepared<'r>, Rejection> {
-        self.verify(&inbound)?;
-        self.prepare_verified(routes, inbound)
-    }
+/// A delivery whose signature its source accepted: made only by [`Source::verify`], and the
+/// only thing [`Source::prepare_verified`] takes, so unverified bytes cannot be normalized,
+/// routed or published.
+#[derive(Debug)]
+pub struct Verified<'a>(Inbound<'a>);
 
+impl<'a> Verified<'a> {
+    /// The delivery as it arrived.
+    pub fn inbound(&self) -> &Inbound<'a> {
+        &self.0
+    }
+}
+
+impl Source {
     /// The CloudEvents context attributes of a delivery (other than `specversion`, `id` and
     /// `datacontenttype`): source, type, time, subject and partitionkey (the key), recordedtime
     /// (`received`, the receive time), calwebhookversion.
@@ -276,16 +279,18 @@ impl Source {
     }
 
     /// Check `inbound`'s signature against this source's secrets.
-    pub fn verify(&self, inbound: &Inbound<'_>) -> Result<(), Rejection> {
-        Ok(self.verifier.verify(inbound.signature, &inbound.body)?)
+    pub fn verify<'a>(&self, inbound: Inbound<'a>) -> Result<Verified<'a>, Rejection> {
+        self.verifier.verify(inbound.signature, &inbound.body)?;
+        Ok(Verified(inbound))
     }
 
-    /// Normalize and route `inbound`, whose signature [`Source::verify`] accepted.
+    /// Normalize and route a delivery whose signature [`Source::verify`] accepted.
     pub fn prepare_verified<'r>(
         &self,
         routes: &'r RouteTable,
-        inbound: Inbound<'_>,
+        verified: Verified<'_>,
     ) -> Result<Prepared<'r>, Rejection> {
+        let inbound = verified.0;
         let id = delivery_id(&inbound.body);
         let normalized =
             normalize::normalize(inbound.body, inbound.content_type, inbound.received_at)?;

@@ -488,15 +488,16 @@ impl Relay {
             received_at: SystemTime::now(),
         };
         let span = trace.child("verify signature", Kind::Internal, Vec::new());
-        let verified = source.verify(&inbound);
+        let verified = source.verify(inbound);
         if let Err(rejection) = &verified {
             span.fail(rejection.to_string());
         }
         span.end();
-        if let Err(rejection) = verified {
-            return self.refuse(source, &rejection);
-        }
-        let mut prepared = match source.prepare_verified(&table.routes, inbound) {
+        let verified = match verified {
+            Ok(v) => v,
+            Err(rejection) => return self.refuse(source, &rejection),
+        };
+        let mut prepared = match source.prepare_verified(&table.routes, verified) {
             Ok(p) => p,
             Err(rejection) => return self.refuse(source, &rejection),
         };
