@@ -163,8 +163,6 @@ fn check_tracing(config: &Config) -> Result<(), AppError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     const EVERY_KEY: &str = include_str!("../../config/testdata/every-key.toml");
 
     #[test]
