@@ -184,6 +184,22 @@ async fn a_sighup_during_start_up_does_not_kill_the_relay() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
+        // Not before the program exists: on a loaded machine the loader alone can take longer
+        // than the delay, and a SIGHUP then is the loader's, not the relay's. `main` ignores
+        // SIGHUP first thing, so the signal goes once /proc says it is ignored.
+        let ignored = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    let mask = s.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+                    u64::from_str_radix(mask.trim(), 16).ok()
+                })
+                .is_some_and(|mask| mask & 1 != 0)
+        };
+        let loaded = Instant::now() + Duration::from_secs(10);
+        while !ignored(child.id()) && Instant::now() < loaded {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(Command::new("kill")
             .args(["-HUP", &child.id().to_string()])
             .status()

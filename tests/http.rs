@@ -1,6 +1,7 @@
-//! End-to-end over HTTP with the embedded file sink: the real binary, signed fixture
-//! deliveries, and the lines it wrote; every rejection with its status, JSON answer, metric and
-//! nothing written.
+//! HTTP behaviour with the embedded file sink: signed fixture deliveries and the lines it
+//! wrote; every rejection with its status, JSON answer, metric and nothing written. Those run
+//! in process (the relay as `serve` assembles it, requests straight to its handler); what
+//! needs the real binary (chunked framing on a socket, SIGTERM, the commands) starts it.
 
 mod support;
 
@@ -8,6 +9,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use serde_json::Value;
+use support::in_process::InProcess;
 use support::*;
 
 const PATH: &str = "/webhooks/cal";
@@ -40,7 +42,7 @@ const ALL_TO_LOCAL: &str = "[[routes]]\ntriggers = [\"*\"]\nsinks = [\"local\"]\
 
 #[tokio::test]
 async fn every_fixture_is_relayed_with_destination_key_headers_and_body() {
-    let relay = RelayProcess::start(&file_config(
+    let relay = InProcess::start(&file_config(
         "template_destination = \"cal.custom\"",
         ALL_TO_LOCAL,
     ))
@@ -50,7 +52,7 @@ async fn every_fixture_is_relayed_with_destination_key_headers_and_body() {
         let mut req = f.as_sent(PATH, "unused");
         // The exact header value Cal.com sent, from the manifest.
         req.headers[1].1 = f.signature().to_owned();
-        let (status, answer) = post(relay.addr, req).await.unwrap();
+        let (status, answer) = relay.post(req).await.unwrap();
         assert_eq!(status, 200, "{}: {answer}", f.file());
         let answer: Value = serde_json::from_str(&answer).unwrap();
         assert_eq!(answer["status"], "accepted");
@@ -136,7 +138,7 @@ async fn every_fixture_is_relayed_with_destination_key_headers_and_body() {
 
 /// Expect `status` with a JSON `error` of `reason`, the rejection counted, nothing written.
 async fn expect_rejected(
-    relay: &RelayProcess,
+    relay: &InProcess,
     result: (u16, String),
     status: u16,
     reason: &str,
@@ -158,7 +160,7 @@ async fn expect_rejected(
 
 #[tokio::test]
 async fn bad_requests_get_clear_answers_and_nothing_is_written() {
-    let relay = RelayProcess::start(&file_config(
+    let relay = InProcess::start(&file_config(
         "",
         "[[routes]]\ntriggers = [\"BOOKING_*\", \"MEETING_*\"]\nsinks = [\"local\"]\n",
     ))
@@ -170,17 +172,20 @@ async fn bad_requests_get_clear_answers_and_nothing_is_written() {
     let secret = fixture_secret();
 
     // 401: wrong secret, missing header, no-secret-provided, malformed.
-    let r = post(
-        relay.addr,
-        Post::signed(PATH, "wrong", &booking.body, "application/json"),
-    )
-    .await;
+    let r = relay
+        .post(Post::signed(
+            PATH,
+            "wrong",
+            &booking.body,
+            "application/json",
+        ))
+        .await;
     expect_rejected(&relay, r.unwrap(), 401, "bad_signature", "cal").await;
     let mut unsigned = Post::signed(PATH, &secret, &booking.body, "application/json");
     unsigned.headers.remove(1);
     expect_rejected(
         &relay,
-        post(relay.addr, unsigned).await.unwrap(),
+        relay.post(unsigned).await.unwrap(),
         401,
         "missing_signature",
         "cal",
@@ -188,7 +193,7 @@ async fn bad_requests_get_clear_answers_and_nothing_is_written() {
     .await;
     let mut no_secret = Post::signed(PATH, &secret, &booking.body, "application/json");
     no_secret.headers[1].1 = "no-secret-provided".into();
-    let r = post(relay.addr, no_secret).await.unwrap();
+    let r = relay.post(no_secret).await.unwrap();
     assert!(
         r.1.contains("no-secret-provided"),
         "the 401 says why: {}",
@@ -199,7 +204,7 @@ async fn bad_requests_get_clear_answers_and_nothing_is_written() {
     garbled.headers[1].1 = "sha256=not-hex".into();
     expect_rejected(
         &relay,
-        post(relay.addr, garbled).await.unwrap(),
+        relay.post(garbled).await.unwrap(),
         401,
         "malformed_signature",
         "cal",
@@ -207,70 +212,60 @@ async fn bad_requests_get_clear_answers_and_nothing_is_written() {
     .await;
 
     // 400: template body without template_destination, a trigger that is not a name, empty.
-    let r = post(
-        relay.addr,
-        Post::signed(
+    let r = relay
+        .post(Post::signed(
             PATH,
             &secret,
             b"event=X&uid=1",
             "application/x-www-form-urlencoded",
-        ),
-    )
-    .await;
+        ))
+        .await;
     expect_rejected(&relay, r.unwrap(), 400, "no_trigger", "cal").await;
-    let r = post(
-        relay.addr,
-        Post::signed(
+    let r = relay
+        .post(Post::signed(
             PATH,
             &secret,
             br#"{"triggerEvent":"cal.>","payload":{}}"#,
             "application/json",
-        ),
-    )
-    .await;
+        ))
+        .await;
     expect_rejected(&relay, r.unwrap(), 400, "invalid_trigger", "cal").await;
-    let r = post(
-        relay.addr,
-        Post::signed(PATH, &secret, b"", "application/json"),
-    )
-    .await;
+    let r = relay
+        .post(Post::signed(PATH, &secret, b"", "application/json"))
+        .await;
     expect_rejected(&relay, r.unwrap(), 400, "empty_body", "cal").await;
 
     // 422: a trigger no route matches.
     let ping = br#"{"triggerEvent":"PING","createdAt":"2026-01-01T00:00:00.000Z","payload":{}}"#;
-    let r = post(
-        relay.addr,
-        Post::signed(PATH, &secret, ping, "application/json"),
-    )
-    .await;
+    let r = relay
+        .post(Post::signed(PATH, &secret, ping, "application/json"))
+        .await;
     expect_rejected(&relay, r.unwrap(), 422, "no_route", "cal").await;
 
     // 413: declared too large, answered without reading the body.
     let big = vec![b' '; 9000];
-    let r = post(
-        relay.addr,
-        Post::signed(PATH, &secret, &big, "application/json"),
-    )
-    .await;
+    let r = relay
+        .post(Post::signed(PATH, &secret, &big, "application/json"))
+        .await;
     expect_rejected(&relay, r.unwrap(), 413, "too_large", "cal").await;
 
     // 404 and 405.
-    let r = post(
-        relay.addr,
-        Post::signed("/elsewhere", &secret, ping, "application/json"),
-    )
-    .await;
+    let r = relay
+        .post(Post::signed(
+            "/elsewhere",
+            &secret,
+            ping,
+            "application/json",
+        ))
+        .await;
     expect_rejected(&relay, r.unwrap(), 404, "not_found", "none").await;
-    let r = request(
-        relay.addr,
-        "PUT",
-        Post::signed(PATH, &secret, ping, "application/json"),
-    )
-    .await;
+    let r = relay
+        .request("PUT", Post::signed(PATH, &secret, ping, "application/json"))
+        .await;
     expect_rejected(&relay, r.unwrap(), 405, "method_not_allowed", "cal").await;
 
     // The relay is still healthy after all of it.
-    assert_eq!(get(relay.addr, "/healthz").await.unwrap().0, 200);
+    assert_eq!(relay.get("/healthz").await.unwrap().0, 200);
 }
 
 #[tokio::test]
@@ -348,7 +343,7 @@ sinks = ["b"]
 "#,
         secret = fixture_secret()
     );
-    let relay = RelayProcess::start(&config).await;
+    let relay = InProcess::start(&config).await;
     let by = |t: &str| {
         fixtures()
             .into_iter()
@@ -356,15 +351,14 @@ sinks = ["b"]
             .unwrap()
     };
     let secret = fixture_secret();
+    let relay = &relay;
     let send = |f: Fixture| {
         let secret = secret.clone();
         async move {
-            post(
-                relay.addr,
-                Post::signed(PATH, &secret, &f.body, "application/json"),
-            )
-            .await
-            .unwrap()
+            relay
+                .post(Post::signed(PATH, &secret, &f.body, "application/json"))
+                .await
+                .unwrap()
         }
     };
 

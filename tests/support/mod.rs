@@ -1,5 +1,6 @@
 //! Shared helpers of the end-to-end tests: start the real `cal-relay` binary on a free port with
-//! a given configuration, send deliveries over HTTP, read fixtures and metrics.
+//! a given configuration (or the relay in process, `in_process`), send deliveries over HTTP,
+//! read fixtures and metrics.
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
@@ -16,6 +17,7 @@ use sha2::Digest;
 use tokio::net::TcpStream;
 
 pub mod amqp;
+pub mod in_process;
 pub mod kafka;
 pub mod nats;
 pub mod rabbit_cluster;

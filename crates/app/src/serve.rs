@@ -25,12 +25,21 @@ pub struct Serving {
     pub hangup: Option<Signal>,
 }
 
-/// Start `plan` and serve until a shutdown signal; then drain and close.
-pub async fn serve(plan: Plan, how: Serving) -> Result<(), AppError> {
+/// A plan's parts started in the order they depend on each other and assembled into the
+/// relay, not yet listening: what `serve` puts behind its listener, and what a test drives in
+/// process.
+pub struct Started {
+    pub relay: Relay,
+    traces: Option<cal_relay_telemetry::Exporting>,
+}
+
+/// Start the plan's parts: metrics, traces, sinks, the spool over them, the delivery policy
+/// over both, the relay in front.
+pub async fn start(plan: &Plan) -> Result<Started, AppError> {
     let config = &plan.config;
     let metrics = Metrics::new()?;
     let traces = start_tracing(config, metrics.registry())?;
-    let sinks = crate::sinks::build_all(&plan).await?;
+    let sinks = crate::sinks::build_all(plan).await?;
     let spool = open_spool(config, &sinks, &metrics)?;
     let acceptor = cal_relay_accept::Acceptor::new(
         sinks,
@@ -53,6 +62,13 @@ pub async fn serve(plan: Plan, how: Serving) -> Result<(), AppError> {
     if config.schema.check == SchemaCheck::Warn {
         relay = relay.with_schema_check(cal_relay_contract::Checker::new()?);
     }
+    Ok(Started { relay, traces })
+}
+
+/// Start `plan` and serve until a shutdown signal; then drain and close.
+pub async fn serve(plan: Plan, how: Serving) -> Result<(), AppError> {
+    let Started { relay, traces } = start(&plan).await?;
+    let config = &plan.config;
     let listener = cal_relay_server::bind(&config.server)
         .map_err(|e| AppError::io(format!("cannot listen on {}", config.server.listen), e))?;
     let addr = listener

@@ -5,13 +5,19 @@
 //! and routes, and shuts down gracefully. It decides nothing about delivery and knows sinks
 //! only through the trait: nothing here names Kafka, AMQP or NATS.
 
+mod answer;
+mod delivery;
+mod ingress;
 mod metrics;
 mod relay;
 mod respond;
 mod serve;
+mod table;
 mod tls;
 
 pub use metrics::Metrics;
-pub use relay::{BuildError, Endpoint, Limits, Relay};
+pub use relay::Relay;
+pub use respond::Body;
 pub use serve::{bind, parse_nets, serve, IpNet, ServerConfig, MIN_HEADER_BYTES};
+pub use table::{BuildError, Endpoint, Limits};
 pub use tls::{Tls, TlsConfig, TlsError};
