@@ -142,8 +142,8 @@ fn headers(sink: &Sink, trigger: &str) -> Value {
     json!({ "type": "object", "properties": props })
 }
 
-/// The document, as JSON (AsyncAPI accepts JSON as well as YAML).
-pub fn document(d: &Description) -> Value {
+/// One server per sink: host and protocol.
+fn servers(d: &Description) -> Map<String, Value> {
     let mut servers = Map::new();
     for s in &d.sinks {
         let mut server = json!({
@@ -156,6 +156,111 @@ pub fn document(d: &Description) -> Value {
         }
         servers.insert(key(&s.name), server);
     }
+    servers
+}
+
+/// The message `trigger` becomes on `sink`: content type, headers, payload and bindings.
+fn message(sink: &Sink, trigger: &str) -> Value {
+    let structured = sink.cloudevents == "structured";
+    let mut message = json!({
+        "name": trigger,
+        "title": format!("{trigger} through {}", sink.name),
+        "contentType": if structured {
+            "application/cloudevents+json; charset=UTF-8"
+        } else {
+            "application/json"
+        },
+        "headers": headers(sink, trigger),
+        "payload": if structured {
+            json!({
+                "type": "object",
+                "description": "a CloudEvent (structured mode) whose data is the message below",
+                "properties": { "data": { "$ref": format!("#/components/schemas/{}", key(trigger)) } },
+                "required": ["specversion", "id", "source", "type", "data"],
+            })
+        } else {
+            json!({ "$ref": format!("#/components/schemas/{}", key(trigger)) })
+        },
+    });
+    match &sink.protocol {
+        Protocol::Kafka => {
+            message["bindings"] = json!({ "kafka": {
+                "key": { "type": "string", "description": "the booking uid (or OOO uuid, form id); absent when the delivery has none" },
+                "bindingVersion": "0.5.0",
+            }});
+        }
+        Protocol::Amqp { .. } => {
+            let mut amqp = json!({ "bindingVersion": "0.3.0" });
+            if sink.cloudevents == "binary" && trigger != "TEMPLATE" {
+                amqp["messageType"] = json!(cal_relay_core::event_type(trigger));
+            }
+            message["bindings"] = json!({ "amqp": amqp });
+        }
+        _ => {}
+    }
+    message
+}
+
+/// The channel of `destination` on `sink`, carrying `triggers`.
+fn channel(sink: &Sink, destination: &str, triggers: &[String]) -> Value {
+    let messages: Map<String, Value> = triggers
+        .iter()
+        .map(|t| (key(t), message(sink, t)))
+        .collect();
+    let mut channel = json!({
+        "address": destination,
+        "title": format!("{destination} on {}", sink.name),
+        "servers": [{ "$ref": format!("#/servers/{}", key(&sink.name)) }],
+        "messages": messages,
+    });
+    if let Protocol::Amqp {
+        exchange,
+        exchange_type,
+        ..
+    } = &sink.protocol
+    {
+        channel["bindings"] = json!({ "amqp": {
+            "is": "routingKey",
+            "exchange": { "name": exchange, "type": exchange_type, "durable": true, "autoDelete": false, "vhost": "/" },
+            "bindingVersion": "0.3.0",
+        }});
+    }
+    channel
+}
+
+/// The `send` operation of a channel.
+fn operation(sink: &Sink, destination: &str, channel_key: &str, triggers: &[String]) -> Value {
+    let refs: Vec<Value> = triggers
+        .iter()
+        .map(|t| json!({ "$ref": format!("#/channels/{channel_key}/messages/{}", key(t)) }))
+        .collect();
+    let mut operation = json!({
+        "action": "send",
+        "title": format!("cal-relay publishes to {destination} on {}", sink.name),
+        "channel": { "$ref": format!("#/channels/{channel_key}") },
+        "messages": refs,
+    });
+    match &sink.protocol {
+        Protocol::Amqp { persistent, .. } => {
+            operation["bindings"] = json!({ "amqp": {
+                "deliveryMode": if *persistent { 2 } else { 1 },
+                "mandatory": true,
+                "bindingVersion": "0.3.0",
+            }});
+        }
+        Protocol::Kafka => {
+            operation["bindings"] = json!({ "kafka": { "bindingVersion": "0.5.0" } });
+        }
+        Protocol::Nats { .. } => {
+            operation["bindings"] = json!({ "nats": { "bindingVersion": "0.1.0" } });
+        }
+        Protocol::File => {}
+    }
+    operation
+}
+
+/// The document, as JSON (AsyncAPI accepts JSON as well as YAML).
+pub fn document(d: &Description) -> Value {
     let by_name: BTreeMap<&str, &Sink> = d.sinks.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut schemas = Map::new();
     let mut channels = Map::new();
@@ -178,93 +283,9 @@ pub fn document(d: &Description) -> Value {
             continue;
         };
         let channel_key = key(&format!("{sink_name}.{destination}"));
-        let mut messages = Map::new();
-        for trigger in &triggers {
-            let structured = sink.cloudevents == "structured";
-            let mut message = json!({
-                "name": trigger,
-                "title": format!("{trigger} through {sink_name}"),
-                "contentType": if structured {
-                    "application/cloudevents+json; charset=UTF-8"
-                } else {
-                    "application/json"
-                },
-                "headers": headers(sink, trigger),
-                "payload": if structured {
-                    json!({
-                        "type": "object",
-                        "description": "a CloudEvent (structured mode) whose data is the message below",
-                        "properties": { "data": { "$ref": format!("#/components/schemas/{}", key(trigger)) } },
-                        "required": ["specversion", "id", "source", "type", "data"],
-                    })
-                } else {
-                    json!({ "$ref": format!("#/components/schemas/{}", key(trigger)) })
-                },
-            });
-            match &sink.protocol {
-                Protocol::Kafka => {
-                    message["bindings"] = json!({ "kafka": {
-                        "key": { "type": "string", "description": "the booking uid (or OOO uuid, form id); absent when the delivery has none" },
-                        "bindingVersion": "0.5.0",
-                    }});
-                }
-                Protocol::Amqp { .. } => {
-                    let mut amqp = json!({ "bindingVersion": "0.3.0" });
-                    if sink.cloudevents == "binary" && trigger != "TEMPLATE" {
-                        amqp["messageType"] = json!(cal_relay_core::event_type(trigger));
-                    }
-                    message["bindings"] = json!({ "amqp": amqp });
-                }
-                _ => {}
-            }
-            messages.insert(key(trigger), message);
-        }
-        let mut channel = json!({
-            "address": destination,
-            "title": format!("{destination} on {sink_name}"),
-            "servers": [{ "$ref": format!("#/servers/{}", key(&sink_name)) }],
-            "messages": messages,
-        });
-        if let Protocol::Amqp {
-            exchange,
-            exchange_type,
-            ..
-        } = &sink.protocol
-        {
-            channel["bindings"] = json!({ "amqp": {
-                "is": "routingKey",
-                "exchange": { "name": exchange, "type": exchange_type, "durable": true, "autoDelete": false, "vhost": "/" },
-                "bindingVersion": "0.3.0",
-            }});
-        }
-        let refs: Vec<Value> = triggers
-            .iter()
-            .map(|t| json!({ "$ref": format!("#/channels/{channel_key}/messages/{}", key(t)) }))
-            .collect();
-        let mut operation = json!({
-            "action": "send",
-            "title": format!("cal-relay publishes to {destination} on {sink_name}"),
-            "channel": { "$ref": format!("#/channels/{channel_key}") },
-            "messages": refs,
-        });
-        match &sink.protocol {
-            Protocol::Amqp { persistent, .. } => {
-                operation["bindings"] = json!({ "amqp": {
-                    "deliveryMode": if *persistent { 2 } else { 1 },
-                    "mandatory": true,
-                    "bindingVersion": "0.3.0",
-                }});
-            }
-            Protocol::Kafka => {
-                operation["bindings"] = json!({ "kafka": { "bindingVersion": "0.5.0" } });
-            }
-            Protocol::Nats { .. } => {
-                operation["bindings"] = json!({ "nats": { "bindingVersion": "0.1.0" } });
-            }
-            Protocol::File => {}
-        }
-        channels.insert(channel_key.clone(), channel);
-        operations.insert(key(&format!("send.{channel_key}")), operation);
+        let op = operation(sink, &destination, &channel_key, &triggers);
+        channels.insert(channel_key.clone(), channel(sink, &destination, &triggers));
+        operations.insert(key(&format!("send.{channel_key}")), op);
     }
     json!({
         "asyncapi": "3.0.0",
@@ -274,7 +295,7 @@ pub fn document(d: &Description) -> Value {
             "description": "What this cal-relay configuration publishes: Cal.com webhook deliveries, one message per delivery, on the destinations its routes give each trigger.",
         },
         "defaultContentType": "application/json",
-        "servers": servers,
+        "servers": servers(d),
         "channels": channels,
         "operations": operations,
         "components": { "schemas": schemas },

@@ -297,7 +297,6 @@ impl Source {
         if let Some(freshness) = &self.freshness {
             freshness.check(&normalized, inbound.received_at)?;
         }
-
         // The trigger a delivery is routed by: an envelope's or flat body's own; a template
         // imitating the envelope goes to the template destination, or, where the source has
         // none, by the trigger it renders (as before it was told apart; still a template, so
@@ -308,45 +307,16 @@ impl Source {
                 .then(|| normalized.rendered_trigger.clone())
                 .flatten()
         });
-        let (route, trigger_label, destination) = match &routed_by {
-            Some(t) => {
-                let route = routes
-                    .find(t)
-                    .ok_or_else(|| Rejection::NoRoute(t.clone()))?;
-                let destination = route
-                    .destination
-                    .clone()
-                    .unwrap_or_else(|| trigger::default_destination(t));
-                (route, trigger::label(t), destination)
-            }
-            None => {
-                let destination = self
-                    .template_destination
-                    .clone()
-                    .ok_or(Rejection::NoTemplateDestination)?;
-                let route = routes
-                    .find(trigger::TEMPLATE)
-                    .ok_or_else(|| Rejection::NoRoute(trigger::TEMPLATE.to_owned()))?;
-                (route, trigger::TEMPLATE_LABEL, destination)
-            }
-        };
+        let (route, trigger_label, destination) = self.route(routes, routed_by.as_deref())?;
         let webhook_version = inbound.webhook_version.and_then(webhook_version);
-
-        let mut hdrs = Vec::with_capacity(5);
-        if let Some(t) = &routed_by {
-            hdrs.push((Cow::Borrowed(headers::TRIGGER), t.clone()));
-        }
-        if let Some(v) = webhook_version {
-            hdrs.push((Cow::Borrowed(headers::WEBHOOK_VERSION), v.to_owned()));
-        }
-        hdrs.push((Cow::Borrowed(headers::DELIVERY_ID), id.clone()));
         let received = humantime::format_rfc3339_millis(inbound.received_at).to_string();
-        hdrs.push((Cow::Borrowed(headers::RECEIVED_AT), received.clone()));
-        hdrs.push((
-            Cow::Borrowed(headers::CONTENT_TYPE),
-            normalized.content_type.clone(),
-        ));
-
+        let hdrs = relay_headers(
+            routed_by.as_deref(),
+            webhook_version,
+            &id,
+            &received,
+            &normalized.content_type,
+        );
         // CloudEvents attributes (rendered only by sinks configured for them).
         let event = if self.cloudevents {
             self.event_attributes(
@@ -359,25 +329,9 @@ impl Source {
         } else {
             Vec::new()
         };
-
-        // A template's bytes repeat across bookings: its message id (broker de-duplication by
-        // `Nats-Msg-Id` or `message_id`, the CloudEvents id) is made unique with the receive
-        // time, so a broker never drops the second of two identical templates. The
-        // `cal-delivery-id` header stays the body's hash.
-        let message_id = if normalized.shape == Shape::Template {
-            let nanos = inbound
-                .received_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default();
-            format!("{id}-{nanos:x}")
-        } else {
-            id.clone()
-        };
-
         Ok(Prepared {
             message: Message {
-                id: message_id,
+                id: message_id(id, normalized.shape, inbound.received_at),
                 destination,
                 key: normalized.key,
                 headers: hdrs,
@@ -392,6 +346,78 @@ impl Source {
             shape: normalized.shape,
         })
     }
+
+    /// The route, trigger label and destination of a delivery routed by `routed_by` (`None`:
+    /// a template, to this source's template destination).
+    fn route<'r>(
+        &self,
+        routes: &'r RouteTable,
+        routed_by: Option<&str>,
+    ) -> Result<(&'r Route, &'static str, String), Rejection> {
+        match routed_by {
+            Some(t) => {
+                let route = routes
+                    .find(t)
+                    .ok_or_else(|| Rejection::NoRoute(t.to_owned()))?;
+                let destination = route
+                    .destination
+                    .clone()
+                    .unwrap_or_else(|| trigger::default_destination(t));
+                Ok((route, trigger::label(t), destination))
+            }
+            None => {
+                let destination = self
+                    .template_destination
+                    .clone()
+                    .ok_or(Rejection::NoTemplateDestination)?;
+                let route = routes
+                    .find(trigger::TEMPLATE)
+                    .ok_or_else(|| Rejection::NoRoute(trigger::TEMPLATE.to_owned()))?;
+                Ok((route, trigger::TEMPLATE_LABEL, destination))
+            }
+        }
+    }
+}
+
+/// The relay's headers on every message: trigger, webhook version, delivery id, receive time
+/// and content type.
+fn relay_headers(
+    trigger: Option<&str>,
+    webhook_version: Option<&str>,
+    id: &str,
+    received: &str,
+    content_type: &str,
+) -> Vec<cal_relay_sink::Header> {
+    let mut hdrs = Vec::with_capacity(5);
+    if let Some(t) = trigger {
+        hdrs.push((Cow::Borrowed(headers::TRIGGER), t.to_owned()));
+    }
+    if let Some(v) = webhook_version {
+        hdrs.push((Cow::Borrowed(headers::WEBHOOK_VERSION), v.to_owned()));
+    }
+    hdrs.push((Cow::Borrowed(headers::DELIVERY_ID), id.to_owned()));
+    hdrs.push((Cow::Borrowed(headers::RECEIVED_AT), received.to_owned()));
+    hdrs.push((
+        Cow::Borrowed(headers::CONTENT_TYPE),
+        content_type.to_owned(),
+    ));
+    hdrs
+}
+
+/// The message id: the body's hash, and for a template the hash and the receive time. A
+/// template's bytes repeat across bookings: its message id (broker de-duplication by
+/// `Nats-Msg-Id` or `message_id`, the CloudEvents id) is made unique with the receive time, so
+/// a broker never drops the second of two identical templates. The `cal-delivery-id` header
+/// stays the body's hash.
+fn message_id(id: String, shape: Shape, received_at: SystemTime) -> String {
+    if shape != Shape::Template {
+        return id;
+    }
+    let nanos = received_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{id}-{nanos:x}")
 }
 
 #[cfg(test)]
