@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cal_relay_sink::{Message, Sink, SinkError};
 use cal_relay_spool::{Spool, SpoolError};
 use cal_relay_telemetry::{attr, Kind, Trace};
-use prometheus::{HistogramVec, IntCounter, IntCounterVec};
+use prometheus::IntCounter;
 
 pub use dedup::{Claim, Dedup};
 
@@ -22,9 +22,7 @@ pub use dedup::{Claim, Dedup};
 /// `{sink}`, and repeats not published again.
 #[derive(Clone)]
 pub struct AcceptMetrics {
-    pub published: IntCounterVec,
-    pub publish_errors: IntCounterVec,
-    pub publish_duration: HistogramVec,
+    pub publish: cal_relay_telemetry::PublishMetrics,
     pub duplicates: IntCounter,
 }
 
@@ -251,26 +249,16 @@ impl Acceptor {
                     );
                     return (name, Err(e));
                 };
-                let started = Instant::now();
                 let span = delivery.trace.publish(name, sink.kind(), delivery.message);
-                let result = sink.publish(delivery.message).await;
-                if let Err(e) = &result {
-                    span.fail(e.to_string());
-                }
-                span.end();
-                m.publish_duration
-                    .with_label_values(&[name.as_str()])
-                    .observe(started.elapsed().as_secs_f64());
-                match &result {
-                    Ok(()) => m
-                        .published
-                        .with_label_values(&[name.as_str(), delivery.label])
-                        .inc(),
-                    Err(e) => m
-                        .publish_errors
-                        .with_label_values(&[name.as_str(), delivery.label, e.reason])
-                        .inc(),
-                }
+                let result = cal_relay_telemetry::publish(
+                    &m.publish,
+                    span,
+                    name,
+                    delivery.label,
+                    sink.as_ref(),
+                    delivery.message,
+                )
+                .await;
                 (name, result)
             }
         });
@@ -295,6 +283,7 @@ impl Acceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::{HistogramVec, IntCounterVec};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, SystemTime};
 
@@ -323,13 +312,12 @@ mod tests {
         let vec =
             |labels: &[&str]| IntCounterVec::new(prometheus::Opts::new("x", "x"), labels).unwrap();
         AcceptMetrics {
-            published: vec(&["sink", "trigger"]),
-            publish_errors: vec(&["sink", "trigger", "reason"]),
-            publish_duration: HistogramVec::new(
-                prometheus::HistogramOpts::new("d", "d"),
-                &["sink"],
-            )
-            .unwrap(),
+            publish: cal_relay_telemetry::PublishMetrics {
+                published: vec(&["sink", "trigger"]),
+                errors: vec(&["sink", "trigger", "reason"]),
+                duration: HistogramVec::new(prometheus::HistogramOpts::new("d", "d"), &["sink"])
+                    .unwrap(),
+            },
             duplicates: IntCounter::new("dup", "dup").unwrap(),
         }
     }

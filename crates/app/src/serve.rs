@@ -46,9 +46,7 @@ pub async fn start(plan: &Plan) -> Result<Started, AppError> {
         spool,
         open_dedup(config),
         cal_relay_accept::AcceptMetrics {
-            published: metrics.published.clone(),
-            publish_errors: metrics.publish_errors.clone(),
-            publish_duration: metrics.publish_duration.clone(),
+            publish: publish_metrics(&metrics),
             duplicates: metrics.duplicates.clone(),
         },
     );
@@ -102,6 +100,15 @@ pub async fn serve(plan: Plan, how: Serving) -> Result<(), AppError> {
     Ok(())
 }
 
+/// The publish series both modes count in (one set, registered by the front end's metrics).
+fn publish_metrics(metrics: &Metrics) -> cal_relay_telemetry::PublishMetrics {
+    cal_relay_telemetry::PublishMetrics {
+        published: metrics.published.clone(),
+        errors: metrics.publish_errors.clone(),
+        duration: metrics.publish_duration.clone(),
+    }
+}
+
 /// Start exporting traces when `[tracing] otlp_endpoint` is set.
 fn start_tracing(
     config: &Config,
@@ -136,12 +143,8 @@ fn open_spool(
     if d.mode != DeliveryMode::Spool {
         return Ok(None);
     }
-    let spool_metrics = cal_relay_spool::SpoolMetrics::register(
-        metrics.registry(),
-        metrics.published.clone(),
-        metrics.publish_errors.clone(),
-        metrics.publish_duration.clone(),
-    )?;
+    let spool_metrics =
+        cal_relay_spool::SpoolMetrics::register(metrics.registry(), publish_metrics(metrics))?;
     let spool = cal_relay_spool::Spool::open(
         &cal_relay_spool::SpoolConfig {
             dir: d.dir.clone(),

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use cal_relay_sink::{Sink, SinkError};
 use cal_relay_telemetry::{attr, Trace};
@@ -334,29 +334,16 @@ async fn publish_once(
     refusals: &mut u32,
 ) -> Step {
     let m = &ctx.metrics;
-    let started = Instant::now();
     // A new trace per attempt, linked to the span that accepted the delivery.
     let span = Trace::forward(name, sink.kind(), &entry.message, attempt);
     span.set(attr("cal.spool.seq", entry.seq as i64));
-    let result = sink.publish(&entry.message).await;
-    if let Err(e) = &result {
-        span.fail(e.to_string());
-    }
-    span.end();
-    m.publish_duration
-        .with_label_values(&[name])
-        .observe(started.elapsed().as_secs_f64());
-    let error = match result {
-        Ok(()) => {
-            m.published.with_label_values(&[name, &entry.label]).inc();
-            done(ctx, entry.seq, name);
-            return Step::Finished;
-        }
-        Err(e) => e,
+    let published =
+        cal_relay_telemetry::publish(&m.publish, span, name, &entry.label, sink, &entry.message)
+            .await;
+    let Err(error) = published else {
+        done(ctx, entry.seq, name);
+        return Step::Finished;
     };
-    m.publish_errors
-        .with_label_values(&[name, &entry.label, error.reason])
-        .inc();
     if error.permanent {
         *refusals += 1;
     }

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cal_relay_sink::{Message, Sink};
-use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::watch;
 
 pub use forward::RetryPolicy;
@@ -76,9 +76,7 @@ impl SpoolError {
 /// `{sink, label}`, `{sink, label, reason}`, `{sink}`), plus the spool's own.
 #[derive(Clone)]
 pub struct SpoolMetrics {
-    pub published: IntCounterVec,
-    pub publish_errors: IntCounterVec,
-    pub publish_duration: HistogramVec,
+    pub publish: cal_relay_telemetry::PublishMetrics,
     retries: IntCounterVec,
     dead_letters: IntCounterVec,
     entries: IntGauge,
@@ -94,9 +92,7 @@ impl SpoolMetrics {
     /// Register the spool's metrics in `registry`, reusing the caller's publish series.
     pub fn register(
         registry: &Registry,
-        published: IntCounterVec,
-        publish_errors: IntCounterVec,
-        publish_duration: HistogramVec,
+        publish: cal_relay_telemetry::PublishMetrics,
     ) -> Result<SpoolMetrics, prometheus::Error> {
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels)?;
@@ -129,9 +125,7 @@ impl SpoolMetrics {
         )?;
         registry.register(Box::new(corrupt.clone()))?;
         Ok(SpoolMetrics {
-            published,
-            publish_errors,
-            publish_duration,
+            publish,
             retries: counter_vec(
                 "cal_relay_spool_retries_total",
                 "Failed forwarding attempts that will be retried.",
@@ -512,7 +506,7 @@ async fn take_inbox(spool: &Spool, dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::HistogramOpts;
+    use prometheus::{HistogramOpts, HistogramVec};
 
     fn message(n: usize, bytes: usize) -> Message {
         Message {
@@ -539,7 +533,12 @@ mod tests {
         let errors =
             IntCounterVec::new(Opts::new("e", "e"), &["sink", "trigger", "reason"]).unwrap();
         let duration = HistogramVec::new(HistogramOpts::new("d", "d"), &["sink"]).unwrap();
-        let metrics = SpoolMetrics::register(&registry, published, errors, duration).unwrap();
+        let publish = cal_relay_telemetry::PublishMetrics {
+            published,
+            errors,
+            duration,
+        };
+        let metrics = SpoolMetrics::register(&registry, publish).unwrap();
         let max_bytes = 1024 * 1024;
         let config = SpoolConfig {
             dir: dir.path().to_path_buf(),

@@ -9,6 +9,7 @@
 //! callers name their spans and attributes; messaging attributes come from the [`Message`] a
 //! sink is handed and the sink's kind.
 
+mod publish;
 mod queue;
 
 use std::borrow::Cow;
@@ -25,6 +26,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 
 pub use opentelemetry::trace::SpanKind as Kind;
+pub use publish::{publish, PublishMetrics};
 pub use queue::TraceMetrics;
 
 /// Name of the instrumentation scope the relay's spans carry.
