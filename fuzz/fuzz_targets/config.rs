@@ -12,6 +12,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(loaded) = cal_relay_config::Config::from_toml(text) {
         // A reload walks every key of both configurations: none differs from itself.
         assert!(loaded.config.changes(&loaded.config).is_empty());
-        let _ = loaded.config.check_replay_windows(0);
+        let _ = loaded.config.check_replay_windows(std::time::Duration::ZERO);
     }
 });

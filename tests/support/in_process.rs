@@ -28,7 +28,12 @@ impl InProcess {
         let text = config
             .replace("{listen}", "127.0.0.1:0")
             .replace("{dir}", &dir.path().display().to_string());
-        let loaded = cal_relay_config::Config::from_toml(&text).unwrap();
+        let mut loaded = cal_relay_config::Config::from_toml(&text).unwrap();
+        // As the binary started in `dir`: relative state paths (the spool, the de-duplication
+        // ids) are the directory's own, never the test runner's working directory.
+        let d = &mut loaded.config.delivery;
+        d.dir = dir.path().join(&d.dir);
+        d.dedup_file = d.dedup_file.as_ref().map(|f| dir.path().join(f));
         let plan = cal_relay_app::Plan::resolve(loaded).unwrap();
         let started = cal_relay_app::serve::start(&plan).await.unwrap();
         InProcess { dir, started }

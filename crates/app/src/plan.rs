@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cal_relay_config::{Config, DeliveryMode, Loaded, SourceConfig};
 use cal_relay_core::{Freshness, Route, RouteTable, Source, Verifier};
@@ -107,9 +106,9 @@ fn endpoint(s: &SourceConfig, i: usize, cloudevents: bool) -> Result<Endpoint, A
 
 /// The replay rule of a source; `None` when `replay_window_secs` is 0.
 pub fn freshness(s: &SourceConfig) -> Option<Freshness> {
-    (s.replay_window_secs > 0).then(|| Freshness {
-        window: Duration::from_secs(s.replay_window_secs),
-        scheduled_allowance: Duration::from_secs(s.scheduled_allowance_secs),
+    (!s.replay_window_secs.is_zero()).then_some(Freshness {
+        window: s.replay_window_secs,
+        scheduled_allowance: s.scheduled_allowance_secs,
     })
 }
 
@@ -134,7 +133,7 @@ fn route_table(config: &Config) -> Result<RouteTable, AppError> {
 fn limits(config: &Config) -> Result<Limits, AppError> {
     Ok(Limits {
         max_body_bytes: config.server.max_body_bytes,
-        body_read_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
+        body_read_timeout: config.server.body_read_timeout_ms,
         max_in_flight: config.server.max_in_flight,
         trusted_proxies: parse_nets(&config.server.trusted_proxies)
             .map_err(|e| AppError::setting("server.trusted_proxies", e))?,

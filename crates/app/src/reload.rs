@@ -92,7 +92,7 @@ async fn reload(
             }
             if !retired.is_empty() {
                 // `shutdown_timeout_ms` needs a restart: the running value.
-                let within = Duration::from_millis(started.server.shutdown_timeout_ms);
+                let within = started.server.shutdown_timeout_ms;
                 tokio::spawn(cal_relay_accept::Acceptor::retire(retired, within));
             }
         }

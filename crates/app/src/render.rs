@@ -32,7 +32,7 @@ pub fn render(plan: &Plan) -> Result<String, AppError> {
     writeln!(
         out,
         "dedup: window={}s max_entries={} file={}",
-        d.dedup_window_secs,
+        d.dedup_window_secs.as_secs(),
         d.dedup_max_entries,
         d.dedup_path()
             .map(|p| p.display().to_string())
@@ -124,13 +124,13 @@ fn write_source(out: &mut String, plan: &Plan, i: usize) -> Result<(), AppError>
             .as_deref()
             .unwrap_or("(none: templates 400, envelope-like templates by their triggerEvent)")
     )?;
-    let dedup = config.delivery.dedup_window_secs;
+    let dedup = config.delivery.dedup_window_secs.as_secs();
     match &plan.endpoints[i].source.freshness {
         Some(f) => writeln!(
             out,
             "    replay: replay_window_secs={} scheduled_allowance_secs={} (envelopes by createdAt within {} s; MEETING_STARTED/ENDED by startTime/endTime and FORM_SUBMITTED_NO_EVENT by createdAt within {} s; the rest by de-duplication, window {dedup} s)",
-            s.replay_window_secs,
-            s.scheduled_allowance_secs,
+            s.replay_window_secs.as_secs(),
+            s.scheduled_allowance_secs.as_secs(),
             f.window.as_secs(),
             f.longest().as_secs(),
         )?,

@@ -124,8 +124,8 @@ fn start_tracing(
             service_name: t.service_name.clone(),
             sample_ratio: t.sample_ratio,
             queue_size: t.queue_size,
-            export_interval: Duration::from_millis(t.export_interval_ms.max(1)),
-            timeout: Duration::from_millis(t.export_timeout_ms.max(1)),
+            export_interval: t.export_interval_ms.max(Duration::from_millis(1)),
+            timeout: t.export_timeout_ms.max(Duration::from_millis(1)),
         },
         cal_relay_telemetry::TraceMetrics::register(registry)?,
     )?;
@@ -151,10 +151,10 @@ fn open_spool(
             max_bytes: d.max_bytes,
             fsync: d.fsync,
             retry: cal_relay_spool::RetryPolicy {
-                initial: Duration::from_millis(d.retry_initial_ms),
-                max: Duration::from_millis(d.retry_max_ms),
+                initial: d.retry_initial_ms,
+                max: d.retry_max_ms,
                 max_attempts: d.max_attempts,
-                max_age: (d.max_age_secs > 0).then(|| Duration::from_secs(d.max_age_secs)),
+                max_age: (!d.max_age_secs.is_zero()).then_some(d.max_age_secs),
             },
             lanes: d.lanes,
         },
@@ -168,10 +168,10 @@ fn open_spool(
 /// The de-duplication window of `[delivery]`, kept in its file when it can be.
 fn open_dedup(config: &Config) -> Option<cal_relay_accept::Dedup> {
     let d = &config.delivery;
-    if d.dedup_window_secs == 0 {
+    if d.dedup_window_secs.is_zero() {
         return None;
     }
-    let window = Duration::from_secs(d.dedup_window_secs);
+    let window = d.dedup_window_secs;
     Some(match d.dedup_path() {
         Some(path) => {
             match cal_relay_accept::Dedup::with_file(window, d.dedup_max_entries, &path) {

@@ -8,6 +8,7 @@
 //! sink or broker client), reads no file beyond the configuration itself, and must not
 //! connect, listen or log.
 
+mod duration;
 mod reload;
 mod server;
 mod untyped;
@@ -15,6 +16,7 @@ mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
@@ -63,8 +65,10 @@ pub struct TracingConfig {
     pub sample_ratio: f64,
     /// Finished spans waiting for export at most; beyond, spans are dropped and counted.
     pub queue_size: usize,
-    pub export_interval_ms: u64,
-    pub export_timeout_ms: u64,
+    #[serde(with = "crate::duration::millis")]
+    pub export_interval_ms: Duration,
+    #[serde(with = "crate::duration::millis")]
+    pub export_timeout_ms: Duration,
 }
 
 impl Default for TracingConfig {
@@ -74,8 +78,8 @@ impl Default for TracingConfig {
             service_name: "cal-relay".into(),
             sample_ratio: 1.0,
             queue_size: 4096,
-            export_interval_ms: 1000,
-            export_timeout_ms: 5000,
+            export_interval_ms: Duration::from_millis(1000),
+            export_timeout_ms: Duration::from_millis(5000),
         }
     }
 }
@@ -135,13 +139,17 @@ pub struct DeliveryConfig {
     pub max_attempts: u32,
     /// A delivery still failing this long after it was received becomes a dead letter
     /// (reason `expired`), transient failures included; 0: retried without limit.
-    pub max_age_secs: u64,
-    pub retry_initial_ms: u64,
-    pub retry_max_ms: u64,
+    #[serde(with = "crate::duration::secs")]
+    pub max_age_secs: Duration,
+    #[serde(with = "crate::duration::millis")]
+    pub retry_initial_ms: Duration,
+    #[serde(with = "crate::duration::millis")]
+    pub retry_max_ms: Duration,
     /// Deliveries in flight per sink (different keys); one key is always one at a time.
     pub lanes: usize,
     /// Repeats of a delivery id within this window get 2xx and are not published again.
-    pub dedup_window_secs: u64,
+    #[serde(with = "crate::duration::secs")]
+    pub dedup_window_secs: Duration,
     /// Ids remembered at most (about 60 bytes each); the oldest are forgotten first.
     pub dedup_max_entries: usize,
     /// File that keeps the de-duplication window across restarts (so a replay after a restart
@@ -152,7 +160,7 @@ pub struct DeliveryConfig {
 impl DeliveryConfig {
     /// Where the de-duplication ids are kept, if anywhere.
     pub fn dedup_path(&self) -> Option<PathBuf> {
-        if self.dedup_window_secs == 0 {
+        if self.dedup_window_secs.is_zero() {
             return None;
         }
         Some(
@@ -171,11 +179,11 @@ impl Default for DeliveryConfig {
             max_bytes: 256 * 1024 * 1024,
             fsync: true,
             max_attempts: 5,
-            max_age_secs: 3 * 24 * 3600,
-            retry_initial_ms: 100,
-            retry_max_ms: 30_000,
+            max_age_secs: Duration::from_secs(3 * 24 * 3600),
+            retry_initial_ms: Duration::from_millis(100),
+            retry_max_ms: Duration::from_millis(30_000),
             lanes: 64,
-            dedup_window_secs: 24 * 3600,
+            dedup_window_secs: Duration::from_secs(24 * 3600),
             dedup_max_entries: 200_000,
             dedup_file: None,
         }
@@ -236,13 +244,16 @@ pub struct SourceConfig {
     /// `stale_delivery` (an envelope's send time is its `createdAt`, more than 5 minutes in the
     /// future is refused too; a scheduled meeting's is its `startTime` / `endTime`); 0 turns
     /// every freshness check off.
-    #[serde(default = "default_replay_window")]
-    pub replay_window_secs: u64,
+    #[serde(default = "default_replay_window", with = "crate::duration::secs")]
+    pub replay_window_secs: Duration,
     /// How much later still a scheduled delivery may come, on top of `replay_window_secs`:
     /// MEETING_STARTED / MEETING_ENDED past their start / end, FORM_SUBMITTED_NO_EVENT past its
     /// `createdAt` (sent about 15 minutes after the submission by a cron that can run late).
-    #[serde(default = "default_scheduled_allowance")]
-    pub scheduled_allowance_secs: u64,
+    #[serde(
+        default = "default_scheduled_allowance",
+        with = "crate::duration::secs"
+    )]
+    pub scheduled_allowance_secs: Duration,
     /// CloudEvents `source` of this endpoint's messages (for sinks with `cloudevents` on).
     #[serde(default = "default_event_source")]
     pub event_source: String,
@@ -270,8 +281,8 @@ fn default_template_event_type() -> String {
 /// default de-duplication window (24 h) covers the hour many times over.
 pub const DEFAULT_REPLAY_WINDOW_SECS: u64 = 3600;
 
-fn default_replay_window() -> u64 {
-    DEFAULT_REPLAY_WINDOW_SECS
+fn default_replay_window() -> Duration {
+    Duration::from_secs(DEFAULT_REPLAY_WINDOW_SECS)
 }
 
 /// Six hours: Cal.com's task cron runs every minute; this covers a cron (or a Cal.com) that was
@@ -279,8 +290,8 @@ fn default_replay_window() -> u64 {
 /// de-duplication window (24 h), which must cover it.
 pub const DEFAULT_SCHEDULED_ALLOWANCE_SECS: u64 = 6 * 3600;
 
-fn default_scheduled_allowance() -> u64 {
-    DEFAULT_SCHEDULED_ALLOWANCE_SECS
+fn default_scheduled_allowance() -> Duration {
+    Duration::from_secs(DEFAULT_SCHEDULED_ALLOWANCE_SECS)
 }
 
 /// `[sinks.NAME]`: its `type`, and the rest of its table as data; the kind's own settings

@@ -166,7 +166,7 @@ mod tests {
     fn changes_by_class() {
         let a = Config::from_toml(EVERY_KEY).unwrap().config;
         let mut b = a.clone();
-        b.server.shutdown_timeout_ms += 1;
+        b.server.shutdown_timeout_ms += std::time::Duration::from_millis(1);
         b.server.max_body_bytes += 1;
         b.routes[0].destination = Some("elsewhere".into());
         assert_eq!(

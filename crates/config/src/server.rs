@@ -1,6 +1,7 @@
 //! `[server]`: where and how the front end listens, and what a request may cost.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,11 +15,14 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Time a client has to send the request head; also how long an idle keep-alive
     /// connection stays open (hyper starts this timer as soon as it waits for a request).
-    pub header_read_timeout_ms: u64,
+    #[serde(with = "crate::duration::millis")]
+    pub header_read_timeout_ms: Duration,
     /// Time a client has to send the whole body.
-    pub body_read_timeout_ms: u64,
+    #[serde(with = "crate::duration::millis")]
+    pub body_read_timeout_ms: Duration,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT.
-    pub shutdown_timeout_ms: u64,
+    #[serde(with = "crate::duration::millis")]
+    pub shutdown_timeout_ms: Duration,
     /// Open connections at most; beyond it new connections wait in the kernel's backlog.
     pub max_connections: usize,
     /// Delivery requests handled at once; beyond it `503 overloaded` with `Retry-After`.
@@ -40,9 +44,9 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
-            header_read_timeout_ms: 10_000,
-            body_read_timeout_ms: 30_000,
-            shutdown_timeout_ms: 25_000,
+            header_read_timeout_ms: Duration::from_millis(10_000),
+            body_read_timeout_ms: Duration::from_millis(30_000),
+            shutdown_timeout_ms: Duration::from_millis(25_000),
             max_connections: 1024,
             max_in_flight: 128,
             max_header_bytes: 16 * 1024,

@@ -3,6 +3,8 @@
 //! a parser of another crate (secrets, TLS, networks, route patterns, a sink's own settings)
 //! is checked where the configuration is resolved into a plan.
 
+use std::time::Duration;
+
 use crate::{invalid, Config, ConfigError, DeliveryMode};
 
 /// Smallest `delivery.max_bytes`: four of the spool's smallest segments.
@@ -91,7 +93,7 @@ impl Config {
                 "max_attempts must be at least 1 and lanes between 1 and 4096",
             ));
         }
-        if d.retry_initial_ms == 0 || d.retry_max_ms < d.retry_initial_ms {
+        if d.retry_initial_ms.is_zero() || d.retry_max_ms < d.retry_initial_ms {
             errors.push(invalid(
                 "delivery.retry_max_ms",
                 "retry_initial_ms must be > 0 and retry_max_ms >= retry_initial_ms",
@@ -148,21 +150,24 @@ impl Config {
     /// when replays are checked at all) fits in a de-duplication window of `dedup_window_secs`
     /// (this file's own, or on a reload the running one, which a reload does not change), so a
     /// replay inside a window is still remembered.
-    pub fn check_replay_windows(&self, dedup_window_secs: u64) -> Result<(), ConfigError> {
+    pub fn check_replay_windows(&self, dedup_window: Duration) -> Result<(), ConfigError> {
+        let dedup_window_secs = dedup_window.as_secs();
         let mut errors = Vec::new();
         for (i, s) in self.sources.iter().enumerate() {
-            if s.replay_window_secs == 0 {
+            if s.replay_window_secs.is_zero() {
                 continue;
             }
-            let longest = s
-                .replay_window_secs
-                .saturating_add(s.scheduled_allowance_secs);
+            let (replay, allowance) = (
+                s.replay_window_secs.as_secs(),
+                s.scheduled_allowance_secs.as_secs(),
+            );
+            let longest = replay.saturating_add(allowance);
             if longest > dedup_window_secs {
                 errors.push(invalid(
                     format!("sources[{i}].replay_window_secs"),
                     format!(
                         "replay_window_secs + scheduled_allowance_secs ({} + {} = {longest} s) is longer than the de-duplication window (delivery.dedup_window_secs, {dedup_window_secs} s running): a replay inside the window would be published again",
-                        s.replay_window_secs, s.scheduled_allowance_secs
+                        replay, allowance
                     ),
                 ));
             }

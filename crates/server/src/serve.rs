@@ -63,7 +63,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     // Tells HTTP/2 connections, which close themselves (see `serve_h2`), that shutdown began.
     let (stopping, stop) = tokio::sync::watch::channel(false);
-    let header_timeout = Duration::from_millis(config.header_read_timeout_ms);
+    let header_timeout = config.header_read_timeout_ms;
     let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
@@ -173,13 +173,13 @@ pub async fn serve(
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
     stopping.send_replace(true);
-    let drain = Duration::from_millis(config.shutdown_timeout_ms);
+    let drain = config.shutdown_timeout_ms;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
-            timeout_ms = config.shutdown_timeout_ms,
+            timeout_ms = drain.as_millis() as u64,
             "in-flight requests did not finish in time"
         );
     }
