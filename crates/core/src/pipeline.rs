@@ -235,13 +235,6 @@ fn check_age(
 #[derive(Debug)]
 pub struct Verified<'a>(Inbound<'a>);
 
-impl<'a> Verified<'a> {
-    /// The delivery as it arrived.
-    pub fn inbound(&self) -> &Inbound<'a> {
-        &self.0
-    }
-}
-
 impl Source {
     /// The CloudEvents context attributes of a delivery (other than `specversion`, `id` and
     /// `datacontenttype`): source, type, time, subject and partitionkey (the key), recordedtime
