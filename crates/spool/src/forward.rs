@@ -335,7 +335,7 @@ async fn publish_once(
 ) -> Step {
     let m = &ctx.metrics;
     // A new trace per attempt, linked to the span that accepted the delivery.
-    let span = Trace::forward(name, sink.kind(), &entry.message, attempt);
+    let span = Trace::forward(name, sink, &entry.message, attempt);
     span.set(attr("cal.spool.seq", entry.seq as i64));
     let published =
         cal_relay_telemetry::publish(&m.publish, span, name, &entry.label, sink, &entry.message)

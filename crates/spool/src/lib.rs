@@ -12,16 +12,15 @@
 pub mod admin;
 pub mod dead;
 mod forward;
+mod inbox;
 pub mod log;
 pub mod record;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use cal_relay_sink::{Message, Sink};
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
@@ -156,15 +155,10 @@ impl SpoolMetrics {
 /// A running spool: the log's writer thread, the forwarder's lanes, the inbox poller.
 pub struct Spool {
     commands: Sender<Command>,
-    bytes: Arc<AtomicU64>,
-    max_bytes: u64,
-    /// Set by a refused append (or a write refused for lack of disk space), cleared by the
-    /// writer once the log is back under half of `max_bytes` (shown as `cal_relay_spool_full`).
-    is_full: Arc<std::sync::atomic::AtomicBool>,
+    /// The log's room; full while appends are refused (`cal_relay_spool_full`).
+    capacity: Arc<log::Capacity>,
     /// The sinks the lanes forward to: a replayed entry for another is dead-lettered again.
     sink_names: Vec<String>,
-    /// Bytes of appends on their way to the writer, not yet in `bytes`.
-    reserved: AtomicU64,
     metrics: SpoolMetrics,
     pending_keys: Arc<log::PendingKeys>,
     shutdown: watch::Sender<bool>,
@@ -173,8 +167,34 @@ pub struct Spool {
     _lock: std::fs::File,
 }
 
-/// How often the inbox (messages handed back by `cal-relay spool replay`) is looked at.
-const INBOX_EVERY: Duration = Duration::from_secs(1);
+/// Create `dir` and take its lock: one relay per spool.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    if lock.try_lock().is_err() {
+        return Err(SpoolError::Locked(dir.to_path_buf()));
+    }
+    Ok(lock)
+}
+
+/// Scan the log, cutting a torn tail off (logged) and counting corrupt records.
+fn scan_repaired(dir: &Path, metrics: &SpoolMetrics) -> Result<log::Scan, SpoolError> {
+    let scan = log::scan(dir, true)?;
+    for (path, kept, dropped) in &scan.damaged {
+        tracing::warn!(
+            path = %path.display(),
+            kept_bytes = kept,
+            dropped_bytes = dropped,
+            "spool: cut a torn or corrupt tail off the log"
+        );
+    }
+    metrics.corrupt.inc_by(scan.corrupt.len() as u64);
+    Ok(scan)
+}
 
 impl Spool {
     /// Open (or create) the spool in `config.dir`, replay what is pending, and start forwarding
@@ -185,40 +205,12 @@ impl Spool {
         metrics: SpoolMetrics,
     ) -> Result<Arc<Spool>, SpoolError> {
         let dir = config.dir.as_path();
-        std::fs::create_dir_all(dir)?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("lock"))?;
-        if lock.try_lock().is_err() {
-            return Err(SpoolError::Locked(config.dir.clone()));
-        }
-        let scan = log::scan(dir, true)?;
-        for (path, kept, dropped) in &scan.damaged {
-            tracing::warn!(
-                path = %path.display(),
-                kept_bytes = kept,
-                dropped_bytes = dropped,
-                "spool: cut a torn or corrupt tail off the log"
-            );
-        }
-        metrics.corrupt.inc_by(scan.corrupt.len() as u64);
+        let lock = lock_dir(dir)?;
+        let scan = scan_repaired(dir, &metrics)?;
         let (commands, receiver) = std::sync::mpsc::channel();
         // Targets that are no longer configured cannot be reached: dead-letter them (the
         // writer still counts them until their DONE below).
-        let mut orphans = Vec::new();
-        for slot in scan.pending.values() {
-            let unknown: Vec<String> = slot
-                .targets
-                .iter()
-                .filter(|t| !sinks.contains_key(*t))
-                .cloned()
-                .collect();
-            if !unknown.is_empty() {
-                orphans.push((slot.clone(), unknown));
-            }
-        }
+        let orphans = inbox::orphans(&scan, sinks);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let relocations = Arc::new(log::Relocations::default());
         let ctx = Arc::new(forward::Context {
@@ -231,21 +223,16 @@ impl Spool {
         });
         let sink_names: Vec<String> = sinks.keys().cloned().collect();
         let (lanes, tasks) = forward::start(sinks, config.lanes, ctx);
-        let bytes = Arc::new(AtomicU64::new(0));
-        let pending_keys = Arc::new(log::PendingKeys::default());
-        let is_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let gauges = log::Gauges {
-            bytes: bytes.clone(),
+            capacity: Arc::new(log::Capacity::new(config.max_bytes, metrics.full.clone())),
             entries: metrics.entries.clone(),
             bytes_gauge: metrics.bytes.clone(),
             oldest_age: metrics.oldest_age.clone(),
-            full: metrics.full.clone(),
-            is_full: is_full.clone(),
-            max_bytes: config.max_bytes,
-            pending_keys: pending_keys.clone(),
+            pending_keys: Arc::new(log::PendingKeys::default()),
             compacted: metrics.compacted.clone(),
             relocations,
         };
+        let (capacity, pending_keys) = (gauges.capacity.clone(), gauges.pending_keys.clone());
         let replayed = scan.pending.len();
         // The writer hands the pending entries to the lanes once it can write (the lanes skip
         // targets that are not configured: the orphans above).
@@ -253,16 +240,7 @@ impl Spool {
         let writer = std::thread::Builder::new()
             .name("cal-relay-spool".into())
             .spawn(move || writer.run(receiver))?;
-        for (slot, unknown) in orphans {
-            let entry = log::read_entry(dir, &slot.location())?;
-            for sink in unknown {
-                bury_unknown(dir, &metrics, &entry, &sink)?;
-                let _ = commands.send(Command::Done {
-                    seq: entry.seq,
-                    sink,
-                });
-            }
-        }
+        inbox::bury_orphans(dir, &metrics, &commands, orphans)?;
         tracing::info!(
             dir = %dir.display(),
             replayed,
@@ -273,18 +251,15 @@ impl Spool {
         let spool = Arc::new(Spool {
             commands,
             pending_keys,
-            bytes,
-            is_full,
-            max_bytes: config.max_bytes,
+            capacity,
             metrics,
             shutdown,
             tasks: Mutex::new(tasks),
             sink_names,
-            reserved: AtomicU64::new(0),
             writer: Mutex::new(Some(writer)),
             _lock: lock,
         });
-        let poller = tokio::spawn(poll_inbox(
+        let poller = tokio::spawn(inbox::poll(
             Arc::downgrade(&spool),
             config.dir.clone(),
             spool.shutdown.subscribe(),
@@ -324,20 +299,13 @@ impl Spool {
         // Room is reserved before the frame goes to the writer (and given back once the
         // writer counted it, or refused it), so concurrent appends cannot together overshoot
         // max_bytes.
-        let len = frame.len() as u64;
-        let reserved = self.reserved.fetch_add(len, Ordering::AcqRel) + len;
-        let used = self.bytes.load(Ordering::Relaxed);
-        let release = Release(&self.reserved, len);
-        if used + reserved > self.max_bytes {
-            drop(release);
-            self.is_full.store(true, Ordering::Relaxed);
-            self.metrics.full.set(1);
-            self.metrics.overflow.inc();
-            return Err(SpoolError::Full {
-                used,
-                max: self.max_bytes,
-            });
-        }
+        let _room = match self.capacity.try_reserve(frame.len() as u64) {
+            Ok(room) => room,
+            Err(log::NoRoom { used, max }) => {
+                self.metrics.overflow.inc();
+                return Err(SpoolError::Full { used, max });
+            }
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.commands
             .send(Command::Put {
@@ -362,7 +330,7 @@ impl Spool {
 
     /// Whether the last append was refused for lack of room.
     pub fn is_full(&self) -> bool {
-        self.is_full.load(Ordering::Relaxed)
+        self.capacity.is_full()
     }
 
     /// Stop forwarding (entries not yet confirmed stay in the log for the next start) and close
@@ -384,129 +352,11 @@ impl Spool {
     }
 }
 
-/// Gives `len` reserved bytes back when dropped.
-struct Release<'a>(&'a AtomicU64, u64);
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(self.1, Ordering::AcqRel);
-    }
-}
-
-/// Store `entry` as a dead letter for `sink`, a sink no longer configured.
-fn bury_unknown(
-    dir: &Path,
-    metrics: &SpoolMetrics,
-    entry: &Entry,
-    sink: &str,
-) -> std::io::Result<()> {
-    let dead = record::DeadLetter {
-        entry: Entry {
-            targets: vec![sink.to_owned()],
-            ..entry.clone()
-        },
-        sink: sink.to_owned(),
-        reason: "unknown_sink".into(),
-        detail: format!("sink {sink:?} is no longer configured"),
-        attempts: 0,
-        dead_at: std::time::SystemTime::now(),
-    };
-    dead::put_dead(dir, &dead)?;
-    metrics
-        .dead_letters
-        .with_label_values(&[sink, "unknown_sink"])
-        .inc();
-    Ok(())
-}
-
-/// Take messages handed back by `cal-relay spool replay` into the log.
-async fn poll_inbox(
-    spool: std::sync::Weak<Spool>,
-    dir: PathBuf,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let Some(spool) = spool.upgrade() else {
-            return;
-        };
-        take_inbox(&spool, &dir).await;
-        drop(spool);
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            () = tokio::time::sleep(INBOX_EVERY) => {}
-        }
-    }
-}
-
-/// One file at a time: read, append, delete, so memory holds one replayed message however
-/// many were handed back (a dead letter is as large as a delivery).
-async fn take_inbox(spool: &Spool, dir: &Path) {
-    let files = match dead::inbox_files(dir) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(error = %e, "spool: cannot read the inbox");
-            return;
-        }
-    };
-    for path in files {
-        let read = path.clone();
-        let entry = tokio::task::spawn_blocking(move || dead::read_inbox(&read))
-            .await
-            .ok()
-            .flatten();
-        // Targets no longer configured go back to the dead letters (no lane would take them,
-        // and the entry would stay pending); the rest is appended.
-        let entry = match entry {
-            Some(mut entry) => {
-                let (known, unknown): (Vec<String>, Vec<String>) = entry
-                    .targets
-                    .drain(..)
-                    .partition(|t| spool.sink_names.contains(t));
-                entry.targets = known;
-                let mut buried = true;
-                for sink in &unknown {
-                    if let Err(e) = bury_unknown(dir, &spool.metrics, &entry, sink) {
-                        tracing::warn!(error = %e, sink, "spool: cannot store dead letter; inbox waits");
-                        buried = false;
-                    }
-                }
-                if !buried {
-                    return;
-                }
-                if entry.targets.is_empty() {
-                    tracing::warn!(path = %path.display(), sinks = ?unknown, "spool: replayed for sinks no longer configured: dead letters again");
-                    let _ = std::fs::remove_file(&path);
-                    continue;
-                }
-                Some(entry)
-            }
-            None => None,
-        };
-        match entry {
-            Some(entry) => match spool.append(Box::new(entry)).await {
-                Ok(seq) => {
-                    tracing::info!(seq, path = %path.display(), "spool: replayed from inbox");
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        tracing::warn!(error = %e, path = %path.display(), "spool: inbox file stays");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "spool: inbox waits");
-                    return;
-                }
-            },
-            None => {
-                tracing::warn!(path = %path.display(), "spool: unreadable inbox file, moved aside");
-                let _ = std::fs::rename(&path, path.with_extension("bad"));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use prometheus::{HistogramOpts, HistogramVec};
+    use std::time::Duration;
 
     fn message(n: usize, bytes: usize) -> Message {
         Message {

@@ -9,10 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use cal_relay_sink::Message;
 
-/// Bytes of a frame's header.
-pub const FRAME_HEADER: usize = 8;
-/// Largest frame body accepted when reading (a guard against reading garbage lengths).
-pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+mod frame;
+pub use frame::{body_len, frame, read_frame, set_put_seq, FrameError, FRAME_HEADER, MAX_FRAME};
 
 /// Largest delivery body a spool record holds: a frame less room for the rest of the record
 /// (id, destination, key, headers, targets: a few kilobytes at most).
@@ -64,52 +62,6 @@ pub struct DeadLetter {
     pub detail: String,
     pub attempts: u32,
     pub dead_at: SystemTime,
-}
-
-/// Set the `seq` of an encoded PUT frame and fix its checksum.
-pub fn set_put_seq(frame: &mut [u8], seq: u64) {
-    if let Some(slot) = frame.get_mut(PUT_SEQ_OFFSET..PUT_SEQ_OFFSET + 8) {
-        slot.copy_from_slice(&seq.to_le_bytes());
-        let crc = crc32fast::hash(&frame[FRAME_HEADER..]);
-        frame[4..8].copy_from_slice(&crc.to_le_bytes());
-    }
-}
-
-/// Wrap `body` in a frame.
-pub fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FRAME_HEADER + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-/// The next frame of `buf`: its body and total length, or why not.
-pub fn read_frame(buf: &[u8]) -> Result<(&[u8], usize), FrameError> {
-    if buf.len() < FRAME_HEADER {
-        return Err(FrameError::Short);
-    }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    if len == 0 || len > MAX_FRAME {
-        return Err(FrameError::Corrupt);
-    }
-    let Some(body) = buf.get(FRAME_HEADER..FRAME_HEADER + len) else {
-        return Err(FrameError::Short);
-    };
-    if crc32fast::hash(body) != crc {
-        return Err(FrameError::Corrupt);
-    }
-    Ok((body, FRAME_HEADER + len))
-}
-
-/// Why a frame could not be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameError {
-    /// The buffer ends inside the frame (a torn write).
-    Short,
-    /// Length out of range or checksum mismatch.
-    Corrupt,
 }
 
 impl Record {
