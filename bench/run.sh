@@ -11,7 +11,10 @@
 #      messages with the same guarantee (bench/clients), then the relay with that sink.
 # Load: wrk, 2 threads, 64 keep-alive connections, BENCH_BODIES distinct signed ~2 KB
 # BOOKING_CREATED deliveries in rotation; broker clients keep 64 publishes in flight. The relay
-# runs with de-duplication off, so repeated bodies are published every time.
+# runs with de-duplication off, so repeated bodies are published every time, and with the logging
+# settings of config/cal-relay.toml (what users run), except the `relay-file-warn` rows:
+# confirm mode at `warn`, three rounds alternating with `relay-file-info` ones, to show what the
+# per-request log lines cost (medians).
 # Usage: bench/run.sh [seconds per run, default 10]   (after scripts/test.sh installed the brokers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,14 +83,18 @@ run_wrk() {
   printf "%s %s %s %s %s %s %s %s %s\n" "$name" "$rps" "$p50" "$p99" "$non2xx" "$errs" "$((hwm/1024))" "$((${early:-0}/1024))" "$((${late:-0}/1024))" >> "$W/results"
 }
 
-# start_relay NAME MODE SINK-TOML: the relay on $PORT with every trigger routed to one sink.
+# The [log] table of the shipped configuration.
+SHIPPED_LOG=$(awk '/^\[/ {on = ($0 == "[log]")} on' config/cal-relay.toml)
+LOG_TOML=$SHIPPED_LOG
+
+# start_relay NAME MODE SINK-TOML: the relay on $PORT with every trigger routed to one sink,
+# logging as $LOG_TOML says (stderr to a file, as a container runtime collects it).
 start_relay() {
   local name=$1 mode=$2 sink=$3
   cat > "$W/$name.toml" <<CONF
 [server]
 listen = "127.0.0.1:$PORT"
-[log]
-level = "warn"
+$LOG_TOML
 [delivery]
 mode = "$mode"
 dir = "$W/spool-$name"
@@ -153,6 +160,17 @@ echo "== relay, file sink (/dev/null), spool (fsync)"
 start_relay spool spool $'type = "file"\npath = "/dev/null"'
 run_wrk relay-file-spool "$RELAY" "$SECS"; stop "$RELAY"
 
+echo "== relay, file sink, confirm: shipped logging against warn, three alternating rounds"
+for round in 1 2 3; do
+  LOG_TOML=$SHIPPED_LOG
+  start_relay "info-$round" confirm $'type = "file"\npath = "/dev/null"'
+  run_wrk "relay-file-info-$round" "$RELAY" "$SECS"; stop "$RELAY"
+  LOG_TOML=$'[log]\nlevel = "warn"'
+  start_relay "warn-$round" confirm $'type = "file"\npath = "/dev/null"'
+  run_wrk "relay-file-warn-$round" "$RELAY" "$SECS"; stop "$RELAY"
+done
+LOG_TOML=$SHIPPED_LOG
+
 echo "== kafka"
 # The relay first: it creates the topic (3 partitions) that the client then writes to too.
 start_relay kafka confirm $'type = "kafka"\nbrokers = "127.0.0.1:19393"\ncreate_topics = true'
@@ -172,6 +190,16 @@ target/release/bench-clients nats --url nats://127.0.0.1:14333 --setup-only --bo
 start_relay nats confirm $'type = "nats"\nurl = "nats://127.0.0.1:14333"\nstream = { name = "CAL", subjects = ["cal.>"], duplicate_window_secs = 1 }'
 run_wrk relay-nats "$RELAY" "$SECS"; stop "$RELAY"
 
+LAT_RATE=${BENCH_LATENCY_RATE:-1000}
+echo "== delivery latency into NATS JetStream, ${LAT_RATE} deliveries/s"
+for mode in confirm spool; do
+  target/release/bench-clients nats --url nats://127.0.0.1:14333 --setup-only --bodies "$BODIES" >/dev/null
+  start_relay "latency-$mode" "$mode" $'type = "nats"\nurl = "nats://127.0.0.1:14333"\nstream = { name = "CAL", subjects = ["cal.>"], duplicate_window_secs = 1 }'
+  target/release/bench-clients latency --relay "127.0.0.1:$PORT" --nats nats://127.0.0.1:14333 \
+    --bodies "$BODIES" --secs "$SECS" --rate "$LAT_RATE" > "$W/latency-$mode.out"
+  stop "$RELAY"
+done
+
 echo
 echo "== results ($(nproc) cores; load generator, relay and brokers on this machine)"
 awk '
@@ -187,11 +215,36 @@ awk '
       if (k=="relay-file") r=sprintf("%.1f%% of floor, %.1f%% of baseline; user CPU %+.2f us vs floor", 100*rps[k]/frps, 100*rps[k]/brps, cu[k]-fu)
       if (k=="floor") r=sprintf("%.1f%% of baseline", 100*frps/brps)
       if (k=="relay-file-spool") r=sprintf("%.1f%% of confirm mode (fsync cost)", 100*rps[k]/rps["relay-file"])
+      if (k ~ /^relay-file-(info|warn)-[0-9]$/) continue
       if (k ~ /^relay-(kafka|amqp|nats)$/) { c=k; sub(/relay-/,"",c); c=c "-client"; r=sprintf("%.1f%% of %s, p99 %.1fx", 100*rps[k]/rps[c], c, (p99[c] > 0 ? p99[k]/p99[c] : 0)) }
       if (rss[k]=="-") m="-"; else m=sprintf("%s (%s -> %s)", rss[k], early[k], late[k])
       printf "| %-17s | %9s | %8s | %8s | %8s | %9s | %9s | %13s | %-52s |\n", k, rps[k], p50[k], p99[k], bad[k]+err[k], cu[k], cs[k], m, r
     }
-  }' "$W/cpu" "$W/results"
+    # The log rounds: medians of three, info against warn.
+    for (lvl = 1; lvl <= 2; lvl++) {
+      l = (lvl == 1 ? "info" : "warn")
+      for (j = 1; j <= 3; j++) { a[j] = rps["relay-file-" l "-" j] + 0; u[j] = cu["relay-file-" l "-" j] + 0; sy[j] = cs["relay-file-" l "-" j] + 0 }
+      med[l] = median3(a[1], a[2], a[3]); mu[l] = median3(u[1], u[2], u[3]); ms[l] = median3(sy[1], sy[2], sy[3])
+      rounds[l] = sprintf("%d/%d/%d", a[1], a[2], a[3])
+    }
+    for (lvl = 1; lvl <= 2; lvl++) {
+      l = (lvl == 1 ? "info" : "warn")
+      r = (l == "info") ? sprintf("%.1f%% of warn (rounds %s)", (med["warn"] > 0 ? 100*med["info"]/med["warn"] : 0), rounds["info"]) : sprintf("rounds %s", rounds["warn"])
+      printf "| %-17s | %9s | %8s | %8s | %8s | %9.2f | %9.2f | %13s | %-52s |\n", "relay-file-" l, med[l], "-", "-", "-", mu[l], ms[l], "-", r
+    }
+  }
+  function median3(x, y, z) { return (x > y) ? ((y > z) ? y : ((x > z) ? z : x)) : ((x > z) ? x : ((y > z) ? z : y)) }
+  ' "$W/cpu" "$W/results"
 echo "(user/sys us: CPU per delivery of the server process, or of the broker client for client rows;"
 echo " ratios against the mean of the runs before and after. Peak RSS: VmHWM; in brackets RSS 3 s"
-echo " into the run -> at its end. Client rows: errors in non-2xx.)"
+echo " into the run -> at its end. Client rows: errors in non-2xx. relay-file-info / -warn: medians"
+echo " of three alternating confirm-mode rounds, the shipped [log] settings against level = warn.)"
+echo
+echo "| delivery latency (NATS) | deliveries/s | delivered | lost | refused | p50 ms | p99 ms |"
+echo "|-------------------------|--------------|-----------|------|---------|--------|--------|"
+for mode in confirm spool; do
+  awk -v m="$mode" -v r="$LAT_RATE" '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]}}
+    END {printf "| relay-nats-%-12s | %12s | %9s | %4s | %7s | %6s | %6s |\n", m, r, v["delivered"], v["lost"], v["refused"], v["p50_ms"], v["p99_ms"]}' "$W/latency-$mode.out"
+done
+echo "(from sending the request to an ordered JetStream consumer holding the message; the relay"
+echo " publishes with the stream's PubAck in both modes, after the answer in spool mode)"

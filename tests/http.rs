@@ -527,3 +527,25 @@ async fn send_command_posts_like_cal_com() {
     assert_eq!(lines[0]["destination"], "cal.meeting.started");
     assert!(lines[0]["body"]["payload"]["uid"].is_string());
 }
+
+#[tokio::test]
+async fn per_request_lines_past_the_budget_are_counted_not_written() {
+    // Five lines a second: of 40 deliveries sent at once, at most 10 (two seconds) are logged.
+    let config = file_config("", ALL_TO_LOCAL).replace(
+        "[[sources]]",
+        "[log]\nlevel = \"info\"\nrequest_lines_per_sec = 5\n\n[[sources]]",
+    );
+    let relay = RelayProcess::start(&config).await;
+    for n in 0..40 {
+        let (status, answer) = post(relay.addr, signed_booking(&booking("budget", n)))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert_eq!(read_lines(&relay.path("events.jsonl")).len(), 40);
+    let left_out = relay.metric("cal_relay_log_lines_suppressed_total").await;
+    assert!(
+        (20.0..=35.0).contains(&left_out),
+        "{left_out} lines left out"
+    );
+}

@@ -7,8 +7,12 @@
 //!   relay's sink is compared with. Each message carries the headers the relay attaches
 //!   (trigger, webhook version, delivery id, receive time, content type, key), so the broker
 //!   does the same work per message in both runs.
+//! - `latency`: the time from a delivery's request to a JetStream consumer reading it, through
+//!   the relay (see `latency.rs`).
 //! - `amqp --setup-only`, `nats --setup-only`: declare and empty the bench queue or stream, then
 //!   exit (before the relay's run, so both runs start from an empty queue or stream).
+
+mod latency;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -66,6 +70,7 @@ enum Cmd {
         #[command(flatten)]
         load: Load,
     },
+    Latency(latency::Args),
     Nats {
         #[arg(long)]
         url: String,
@@ -162,6 +167,16 @@ where
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let (p50, p99) = p50_p99(latencies);
+    println!(
+        "client={name} rate={:.0} ok={ok} errors={errors} p50_ms={p50:.2} p99_ms={p99:.2}",
+        ok as f64 / secs,
+    );
+    Ok(())
+}
+
+/// The median and 99th percentile of `latencies` (0 when there are none).
+fn p50_p99(mut latencies: Vec<f64>) -> (f64, f64) {
     latencies.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| {
         latencies
@@ -169,13 +184,7 @@ where
             .copied()
             .unwrap_or(0.0)
     };
-    println!(
-        "client={name} rate={:.0} ok={ok} errors={errors} p50_ms={:.2} p99_ms={:.2}",
-        ok as f64 / secs,
-        pct(0.50),
-        pct(0.99)
-    );
-    Ok(())
+    (pct(0.50), pct(0.99))
 }
 
 #[tokio::main]
@@ -325,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
         }
+        Cmd::Latency(args) => latency::run(args).await?,
         Cmd::Nats {
             url,
             setup_only,

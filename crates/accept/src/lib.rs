@@ -8,8 +8,10 @@
 mod dedup;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use cal_relay_sink::{Message, Sink, SinkError};
 use cal_relay_spool::{Spool, SpoolError};
@@ -80,8 +82,45 @@ impl Outcome {
 /// The running sinks, by name.
 pub type Sinks = BTreeMap<String, Arc<dyn Sink>>;
 
-/// Sinks taken out of service by a reload, with their names, to be closed.
-pub type Retired = Vec<(String, Arc<dyn Sink>)>;
+/// One configuration's sinks. Deliveries routed by that configuration hold it; when the last
+/// of them lets go it is dropped, and a reload waiting to close the sinks it took out is told
+/// so at once ([`Acceptor::retire`]) instead of polling.
+pub struct SinkSet {
+    sinks: Sinks,
+    dropped: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SinkSet {
+    pub fn new(sinks: Sinks) -> SinkSet {
+        SinkSet {
+            sinks,
+            dropped: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for SinkSet {
+    type Target = Sinks;
+
+    fn deref(&self) -> &Sinks {
+        &self.sinks
+    }
+}
+
+impl Drop for SinkSet {
+    fn drop(&mut self) {
+        if let Some(told) = self.dropped.take() {
+            let _ = told.send(());
+        }
+    }
+}
+
+/// Sinks taken out of service by a reload, with their names, to be closed once the set they
+/// belonged to is no longer in use.
+pub struct Retired {
+    pub sinks: Vec<(String, Arc<dyn Sink>)>,
+    old: Arc<SinkSet>,
+}
 
 /// Sinks cannot be replaced while a spool forwards to them: its lanes are per sink.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +130,7 @@ pub struct SinksFixed;
 /// The delivery policy: confirm mode without a spool, spool mode with one.
 pub struct Acceptor {
     /// Replaced as a whole by a reload (confirm mode); a delivery uses the set it started with.
-    sinks: RwLock<Arc<Sinks>>,
+    sinks: ArcSwap<SinkSet>,
     spool: Option<Arc<Spool>>,
     dedup: Option<Dedup>,
     metrics: AcceptMetrics,
@@ -105,7 +144,7 @@ impl Acceptor {
         metrics: AcceptMetrics,
     ) -> Acceptor {
         Acceptor {
-            sinks: RwLock::new(Arc::new(sinks)),
+            sinks: ArcSwap::from_pointee(SinkSet::new(sinks)),
             spool,
             dedup,
             metrics,
@@ -113,18 +152,8 @@ impl Acceptor {
     }
 
     /// The sinks running now.
-    pub fn sinks(&self) -> Arc<Sinks> {
-        match self.sinks.read() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn store(&self, sinks: Arc<Sinks>) {
-        match self.sinks.write() {
-            Ok(mut s) => *s = sinks,
-            Err(poisoned) => *poisoned.into_inner() = sinks,
-        }
+    pub fn sinks(&self) -> Arc<SinkSet> {
+        self.sinks.load_full()
     }
 
     /// Replace the running sinks with `new` (confirm mode only; sinks of `new` that are not
@@ -134,7 +163,7 @@ impl Acceptor {
     /// Returns the sinks no longer running, for [`Acceptor::retire`].
     pub fn replace_sinks(
         &self,
-        new: Arc<Sinks>,
+        new: Arc<SinkSet>,
         switch: impl FnOnce(),
     ) -> Result<Retired, SinksFixed> {
         if self.spool.is_some() {
@@ -142,22 +171,28 @@ impl Acceptor {
         }
         let old = self.sinks();
         switch();
-        self.store(new.clone());
-        Ok(old
+        self.sinks.store(new.clone());
+        let sinks = old
             .iter()
             .filter(|(name, sink)| !new.get(*name).is_some_and(|n| Arc::ptr_eq(n, sink)))
             .map(|(name, sink)| (name.clone(), sink.clone()))
-            .collect())
+            .collect();
+        Ok(Retired { sinks, old })
     }
 
-    /// Close sinks taken out by [`Acceptor::replace_sinks`] once nothing else holds them (the
-    /// deliveries routed by the old configuration have finished), or after `within`.
-    pub async fn retire(sinks: Retired, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
+    /// Close sinks taken out by [`Acceptor::replace_sinks`] once the set they belonged to is
+    /// dropped (the deliveries routed by the old configuration have finished), or after
+    /// `within`.
+    pub async fn retire(retired: Retired, within: Duration) {
+        let Retired { sinks, old } = retired;
+        if sinks.is_empty() {
+            return;
+        }
+        let (told, dropped) = tokio::sync::oneshot::channel();
+        let _ = old.dropped.set(told);
+        drop(old);
+        let _ = tokio::time::timeout(within, dropped).await;
         for (name, sink) in sinks {
-            while Arc::strong_count(&sink) > 1 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
             sink.shutdown().await;
             tracing::info!(sink = %name, "sink closed (no longer configured)");
         }
@@ -249,7 +284,9 @@ impl Acceptor {
                     );
                     return (name, Err(e));
                 };
-                let span = delivery.trace.publish(name, sink.kind(), delivery.message);
+                let span = delivery
+                    .trace
+                    .publish(name, sink.as_ref(), delivery.message);
                 let result = cal_relay_telemetry::publish(
                     &m.publish,
                     span,
@@ -338,13 +375,15 @@ mod tests {
         let before = acceptor.sinks();
         let mut next: Sinks = BTreeMap::new();
         next.insert("new".into(), new.clone());
-        let retired = acceptor.replace_sinks(Arc::new(next), || {}).unwrap();
-        assert_eq!(retired.len(), 1);
-        assert_eq!(retired[0].0, "old");
+        let retired = acceptor
+            .replace_sinks(Arc::new(SinkSet::new(next)), || {})
+            .unwrap();
+        assert_eq!(retired.sinks.len(), 1);
+        assert_eq!(retired.sinks[0].0, "old");
         assert_eq!(acceptor.sinks().keys().collect::<Vec<_>>(), ["new"]);
         let off = Trace::off();
         let m = message("x");
-        let deliver = |targets: &'static [&'static str], sinks: Arc<Sinks>| {
+        let deliver = |targets: &'static [&'static str], sinks: Arc<SinkSet>| {
             let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
             let (acceptor, m, off) = (&acceptor, &m, &off);
             async move {

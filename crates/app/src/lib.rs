@@ -40,6 +40,7 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, AppError> {
 
 /// Logs to standard error as `[log]` says (`RUST_LOG` wins when set).
 pub fn init_logging(config: &Config) {
+    cal_relay_telemetry::lines::set_per_sec(config.log.request_lines_per_sec);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -206,5 +206,9 @@ mod tests {
             cal_relay_config::DEFAULT_TEMPLATE_EVENT_TYPE,
             cal_relay_core::DEFAULT_TEMPLATE_EVENT_TYPE
         );
+        assert_eq!(
+            cal_relay_config::DEFAULT_REQUEST_LINES_PER_SEC,
+            cal_relay_telemetry::lines::DEFAULT_PER_SEC
+        );
     }
 }

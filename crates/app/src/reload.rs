@@ -90,7 +90,7 @@ async fn reload(
             if applied {
                 *running_sinks = new.sinks.clone();
             }
-            if !retired.is_empty() {
+            if let Some(retired) = retired {
                 // `shutdown_timeout_ms` needs a restart: the running value.
                 let within = started.server.shutdown_timeout_ms;
                 tokio::spawn(cal_relay_accept::Acceptor::retire(retired, within));

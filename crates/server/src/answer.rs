@@ -100,24 +100,29 @@ impl Answers<'_> {
         self.count(source, reason);
         match &refusal {
             Refusal::Forbidden { client } => {
-                tracing::info!(source, %client, status = 403, "rejected")
+                cal_relay_telemetry::request_line!(source, %client, status = 403, "rejected")
             }
             Refusal::Overloaded => {
-                tracing::info!(
+                cal_relay_telemetry::request_line!(
                     source,
                     status = 503,
                     "rejected: server.max_in_flight reached"
                 )
             }
             Refusal::NotPost { method } => {
-                tracing::info!(source, method = %method, status = 405, "rejected")
+                cal_relay_telemetry::request_line!(source, method = %method, status = 405, "rejected")
             }
             Refusal::NotFound { path } => {
-                tracing::info!(path = %truncate(path, 128), status = 404, "rejected")
+                cal_relay_telemetry::request_line!(path = %truncate(path, 128), status = 404, "rejected")
             }
             Refusal::NotGet => {}
             Refusal::Body { .. } | Refusal::Rejected(_) => {
-                tracing::info!(source, status = status.as_u16(), reason, "rejected")
+                cal_relay_telemetry::request_line!(
+                    source,
+                    status = status.as_u16(),
+                    reason,
+                    "rejected"
+                )
             }
         }
         let mut response = respond::error(status, reason, &refusal.message());
@@ -153,11 +158,11 @@ impl Answers<'_> {
         let id = &message.id;
         match outcome {
             Outcome::Duplicate => {
-                tracing::info!(source, trigger, delivery_id = %id, status = 200, "duplicate, not published again");
+                cal_relay_telemetry::request_line!(source, trigger, delivery_id = %id, status = 200, "duplicate, not published again");
                 status_answer(StatusCode::OK, "duplicate", id)
             }
             Outcome::Spooled { seq } => {
-                tracing::info!(source, trigger, delivery_id = %id, destination = %message.destination, sinks = ?prepared.route.sinks, seq, status = 202, latency_ms, "spooled");
+                cal_relay_telemetry::request_line!(source, trigger, delivery_id = %id, destination = %message.destination, sinks = ?prepared.route.sinks, seq, status = 202, latency_ms, "spooled");
                 status_answer(StatusCode::ACCEPTED, "spooled", id)
             }
             Outcome::KeyWaiting { error } => {
@@ -175,7 +180,7 @@ impl Answers<'_> {
                 unavailable("copy_failed", text, id, None)
             }
             Outcome::Published { .. } => {
-                tracing::info!(source, trigger, delivery_id = %id, destination = %message.destination, sinks = ?prepared.route.sinks, status = 200, latency_ms, "delivered");
+                cal_relay_telemetry::request_line!(source, trigger, delivery_id = %id, destination = %message.destination, sinks = ?prepared.route.sinks, status = 200, latency_ms, "delivered");
                 respond::accepted(id)
             }
             Outcome::Failed {

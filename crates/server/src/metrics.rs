@@ -32,87 +32,90 @@ const LATENCY_BUCKETS: &[f64] = &[
 impl Metrics {
     /// Create and register the metrics.
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok::<_, prometheus::Error>(c)
+        let r = Registry::new();
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntCounterVec::new(Opts::new(name, help), labels)?)
         };
-        let received = counter(
-            "cal_relay_deliveries_received_total",
-            "Deliveries received on a source path.",
-            &["source"],
-        )?;
-        let rejected = counter(
-            "cal_relay_deliveries_rejected_total",
-            "Requests refused, by reason.",
-            &["source", "reason"],
-        )?;
-        let published = counter(
-            "cal_relay_messages_published_total",
-            "Messages confirmed by a sink.",
-            &["sink", "trigger"],
-        )?;
-        let publish_errors = counter(
-            "cal_relay_publish_errors_total",
-            "Publishes a sink failed, by reason.",
-            &["sink", "trigger", "reason"],
-        )?;
-        let request_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "cal_relay_request_duration_seconds",
-                "Time from request to answer.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )?;
-        registry.register(Box::new(request_duration.clone()))?;
-        let publish_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "cal_relay_publish_duration_seconds",
-                "Time a sink took to confirm a message.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["sink"],
-        )?;
-        registry.register(Box::new(publish_duration.clone()))?;
-        let in_flight = IntGauge::new(
-            "cal_relay_requests_in_flight",
-            "Requests being handled now.",
-        )?;
-        registry.register(Box::new(in_flight.clone()))?;
-        let sink_ready = IntGaugeVec::new(
-            Opts::new(
-                "cal_relay_sink_ready",
-                "1 when the sink is connected and can take messages, else 0.",
-            ),
-            &["sink"],
-        )?;
-        registry.register(Box::new(sink_ready.clone()))?;
-        let connections = IntGauge::new("cal_relay_connections", "Client connections open now.")?;
-        registry.register(Box::new(connections.clone()))?;
-        let duplicates = IntCounter::new(
-            "cal_relay_duplicates_total",
-            "Deliveries accepted without publishing: same delivery id seen within the window.",
-        )?;
-        registry.register(Box::new(duplicates.clone()))?;
-        let schema_violations = counter(
-            "cal_relay_schema_violations_total",
-            "Published bodies that depart from their trigger's schema ([schema] check = \"warn\").",
-            &["trigger"],
-        )?;
+        let latency = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+        };
         Ok(Metrics {
-            registry,
-            received,
-            rejected,
-            published,
-            publish_errors,
-            request_duration,
-            publish_duration,
-            in_flight,
-            connections,
-            sink_ready,
-            duplicates,
-            schema_violations,
+            received: counters(
+                "cal_relay_deliveries_received_total",
+                "Deliveries received on a source path.",
+                &["source"],
+            )?,
+            rejected: counters(
+                "cal_relay_deliveries_rejected_total",
+                "Requests refused, by reason.",
+                &["source", "reason"],
+            )?,
+            published: counters(
+                "cal_relay_messages_published_total",
+                "Messages confirmed by a sink.",
+                &["sink", "trigger"],
+            )?,
+            publish_errors: counters(
+                "cal_relay_publish_errors_total",
+                "Publishes a sink failed, by reason.",
+                &["sink", "trigger", "reason"],
+            )?,
+            request_duration: register(
+                &r,
+                Histogram::with_opts(latency(
+                    "cal_relay_request_duration_seconds",
+                    "Time from request to answer.",
+                ))?,
+            )?,
+            publish_duration: register(
+                &r,
+                HistogramVec::new(
+                    latency(
+                        "cal_relay_publish_duration_seconds",
+                        "Time a sink took to confirm a message.",
+                    ),
+                    &["sink"],
+                )?,
+            )?,
+            in_flight: register(
+                &r,
+                IntGauge::new(
+                    "cal_relay_requests_in_flight",
+                    "Requests being handled now.",
+                )?,
+            )?,
+            connections: register(
+                &r,
+                IntGauge::new("cal_relay_connections", "Client connections open now.")?,
+            )?,
+            sink_ready: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "cal_relay_sink_ready",
+                        "1 when the sink is connected and can take messages, else 0.",
+                    ),
+                    &["sink"],
+                )?,
+            )?,
+            duplicates: register(
+                &r,
+                IntCounter::new(
+                    "cal_relay_duplicates_total",
+                    "Deliveries accepted without publishing: same delivery id seen within the \
+                     window.",
+                )?,
+            )?,
+            schema_violations: counters(
+                "cal_relay_schema_violations_total",
+                "Published bodies that depart from their trigger's schema ([schema] check = \
+                 \"warn\").",
+                &["trigger"],
+            )?,
+            registry: {
+                register(&r, cal_relay_telemetry::lines::SUPPRESSED.clone())?;
+                r
+            },
         })
     }
 
@@ -129,4 +132,13 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Register `metric` with `registry` and hand it back.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use cal_relay_accept::{Acceptor, Retired, Sinks};
+use cal_relay_accept::{Acceptor, Retired, SinkSet, Sinks};
 use cal_relay_core::RouteTable;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -69,7 +69,7 @@ impl Relay {
         Table::build(
             endpoints,
             routes,
-            Arc::default(),
+            Arc::new(SinkSet::new(Sinks::new())),
             &|s| sink_names.contains(&s),
             limits,
         )
@@ -88,9 +88,12 @@ impl Relay {
         routes: RouteTable,
         limits: &Limits,
         sinks: Option<Sinks>,
-    ) -> Result<Retired, BuildError> {
+    ) -> Result<Option<Retired>, BuildError> {
         let replaced = sinks.is_some();
-        let next = sinks.map(Arc::new).unwrap_or_else(|| self.acceptor.sinks());
+        let next = match sinks {
+            Some(sinks) => Arc::new(SinkSet::new(sinks)),
+            None => self.acceptor.sinks(),
+        };
         let table = Arc::new(Table::build(
             endpoints,
             routes,
@@ -101,19 +104,19 @@ impl Relay {
         let switch = || self.table.store(table);
         if !replaced {
             switch();
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let retired = self
             .acceptor
             .replace_sinks(next, switch)
             .map_err(|e| BuildError::Sinks(e.to_string()))?;
-        for (name, _) in &retired {
+        for (name, _) in &retired.sinks {
             let _ = self
                 .metrics
                 .sink_ready
                 .remove_label_values(&[name.as_str()]);
         }
-        Ok(retired)
+        Ok(Some(retired))
     }
 
     /// Check every known trigger's body against its schema, counting and logging violations
@@ -128,7 +131,7 @@ impl Relay {
     }
 
     /// The sinks running now.
-    pub fn sinks(&self) -> Arc<Sinks> {
+    pub fn sinks(&self) -> Arc<SinkSet> {
         self.acceptor.sinks()
     }
 

@@ -11,15 +11,20 @@ use std::time::{Duration, Instant};
 
 use std::net::{IpAddr, SocketAddr};
 
+use std::task::Poll;
+
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::Service;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 pub use ipnet::IpNet;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::relay::Relay;
+use crate::respond::Body;
 use crate::tls::Tls;
 pub use cal_relay_config::{ServerConfig, MIN_HEADER_BYTES};
 
@@ -60,52 +65,77 @@ pub async fn serve(
     tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
     // Tells HTTP/2 connections, which close themselves (see `serve_h2`), that shutdown began.
-    let (stopping, stop) = tokio::sync::watch::channel(false);
-    let header_timeout = config.header_read_timeout_ms;
-    let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let (stopping, stop) = watch::channel(false);
+    let connections = Connections::new(relay.clone(), config, tls, stop);
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     tokio::pin!(shutdown);
+    while let Some((stream, peer, permit)) = accept(&listener, &slots, &mut shutdown).await {
+        connections.spawn(stream, peer, permit);
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining in-flight requests");
+    stopping.send_replace(true);
+    let drain = config.shutdown_timeout_ms;
+    if tokio::time::timeout(drain, connections.graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_ms = drain.as_millis() as u64,
+            "in-flight requests did not finish in time"
+        );
+    }
+    relay.shutdown_outputs().await;
+    tracing::info!("stopped");
+}
+
+/// The next connection and its slot, or `None` once shutdown began. At the connection limit
+/// this waits before accepting: new connections wait in the kernel's backlog (bounded by
+/// `listen_backlog`) instead of each costing a task and buffers here.
+async fn accept<S: Future<Output = ()>>(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    shutdown: &mut std::pin::Pin<&mut S>,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let permit = tokio::select! {
+        p = slots.clone().acquire_owned() => p.ok()?,
+        () = shutdown.as_mut() => return None,
+    };
     loop {
-        // At the connection limit, stop accepting: new connections wait in the kernel's backlog
-        // (bounded by listen_backlog) instead of each costing a task and buffers here.
-        let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
+        tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok((stream, peer)) => return Some((stream, peer, permit)),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let open = relay.metrics().connections.clone();
-        let relay = relay.clone();
-        // Requests running and when the last ended: an HTTP/2 connection is idle when none is.
-        let activity = tls.is_some().then(|| Arc::new(Activity::new()));
-        let active = activity.clone();
-        let service = service_fn(move |req| {
-            let relay = relay.clone();
-            let busy = active.as_ref().map(|a| a.begin());
-            // Once its body is read, a delivery is handled to the end (spooled or published,
-            // remembered, counted) even if the client goes away and hyper drops this future:
-            // what is left of it then runs in a task of its own.
-            RunToEnd::new(async move {
-                let response = relay.handle(req, peer).await;
-                drop(busy);
-                Ok::<_, Infallible>(response)
-            })
-        });
+            () = shutdown.as_mut() => return None,
+        }
+    }
+}
+
+/// What every connection is served with: the relay, the protocol settings, and shutdown.
+struct Connections {
+    relay: Arc<Relay>,
+    tls: Option<Arc<Tls>>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    header_timeout: Duration,
+    graceful: GracefulShutdown,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connections {
+    fn new(
+        relay: Arc<Relay>,
+        config: &ServerConfig,
+        tls: Option<Arc<Tls>>,
+        stop: watch::Receiver<bool>,
+    ) -> Connections {
+        let header_timeout = config.header_read_timeout_ms;
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
@@ -122,9 +152,32 @@ pub async fn serve(
         if config.max_headers != 100 {
             h1.max_headers(config.max_headers.max(1));
         }
-        let watcher = graceful.watcher();
-        let Some(tls) = tls.clone() else {
-            let conn = watcher.watch(h1.serve_connection(TokioIo::new(stream), service));
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(u32::try_from(config.max_in_flight).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            // A peer gone without a word is found by pings, as a request runs.
+            .keep_alive_interval(Some(H2_PING_INTERVAL))
+            .keep_alive_timeout(header_timeout);
+        Connections {
+            relay,
+            tls,
+            h1,
+            h2,
+            header_timeout,
+            graceful: GracefulShutdown::new(),
+            stop,
+        }
+    }
+
+    /// Serve one connection in a task of its own, which holds `permit` until it ends.
+    fn spawn(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let _ = stream.set_nodelay(true);
+        let open = self.relay.metrics().connections.clone();
+        let watcher = self.graceful.watcher();
+        let Some(tls) = self.tls.clone() else {
+            let handler = Handler::new(&self.relay, peer, None);
+            let conn = watcher.watch(self.h1.serve_connection(TokioIo::new(stream), handler));
             tokio::spawn(async move {
                 open.inc();
                 if let Err(e) = conn.await {
@@ -133,58 +186,106 @@ pub async fn serve(
                 open.dec();
                 drop(permit);
             });
-            continue;
+            return;
         };
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_concurrent_streams(u32::try_from(config.max_in_flight).unwrap_or(u32::MAX))
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-            // A peer gone without a word is found by pings, as a request runs.
-            .keep_alive_interval(Some(H2_PING_INTERVAL))
-            .keep_alive_timeout(header_timeout);
-        let stop = stop.clone();
-        let activity = activity.unwrap_or_else(|| Arc::new(Activity::new()));
+        // Requests running and when the last ended: an HTTP/2 connection is idle when none is.
+        let activity = Arc::new(Activity::new());
+        let handler = Handler::new(&self.relay, peer, Some(activity.clone()));
+        let secure = Secure {
+            tls,
+            h1: self.h1.clone(),
+            h2: self.h2.clone(),
+            header_timeout: self.header_timeout,
+            stop: self.stop.clone(),
+        };
         tokio::spawn(async move {
             open.inc();
-            // The handshake gets the same time as a request head.
-            match tokio::time::timeout(header_timeout, tls.acceptor().accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let h2_chosen = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let io = TokioIo::new(stream);
-                    let result = if h2_chosen {
-                        // The watcher only holds shutdown until this connection ends.
-                        let _held = watcher;
-                        let conn = h2.serve_connection(io, service);
-                        serve_h2(conn, &activity, header_timeout, stop).await
-                    } else {
-                        watcher.watch(h1.serve_connection(io, service)).await
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+            secure
+                .serve(stream, peer, handler, &activity, watcher)
+                .await;
             open.dec();
             drop(permit);
         });
     }
-    drop(listener);
-    tracing::info!("shutting down: draining in-flight requests");
-    stopping.send_replace(true);
-    let drain = config.shutdown_timeout_ms;
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            timeout_ms = drain.as_millis() as u64,
-            "in-flight requests did not finish in time"
-        );
+}
+
+/// One TLS connection's settings: HTTP/2 when the client chose it by ALPN, HTTP/1.1 otherwise.
+struct Secure {
+    tls: Arc<Tls>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+impl Secure {
+    async fn serve(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        handler: Handler,
+        activity: &Activity,
+        watcher: Watcher,
+    ) {
+        // The handshake gets the same time as a request head.
+        let handshake = self.tls.acceptor().accept(stream);
+        let stream = match tokio::time::timeout(self.header_timeout, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        };
+        let h2_chosen = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(stream);
+        let result = if h2_chosen {
+            // The watcher only holds shutdown until this connection ends.
+            let _held = watcher;
+            let conn = self.h2.serve_connection(io, handler);
+            serve_h2(conn, activity, self.header_timeout, self.stop).await
+        } else {
+            watcher.watch(self.h1.serve_connection(io, handler)).await
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
     }
-    relay.shutdown_outputs().await;
-    tracing::info!("stopped");
+}
+
+/// The service each connection runs: its requests go to the relay with the client's address.
+#[derive(Clone)]
+struct Handler {
+    relay: Arc<Relay>,
+    peer: SocketAddr,
+    activity: Option<Arc<Activity>>,
+}
+
+impl Handler {
+    fn new(relay: &Arc<Relay>, peer: SocketAddr, activity: Option<Arc<Activity>>) -> Handler {
+        Handler {
+            relay: relay.clone(),
+            peer,
+            activity,
+        }
+    }
+}
+
+impl Service<Request<Incoming>> for Handler {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = RunToEnd<Result<Response<Body>, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let relay = self.relay.clone();
+        let peer = self.peer;
+        let busy = self.activity.as_ref().map(|a| a.begin());
+        // Once its body is read, a delivery is handled to the end (spooled or published,
+        // remembered, counted) even if the client goes away and hyper drops this future:
+        // what is left of it then runs in a task of its own.
+        RunToEnd::new(async move {
+            let response = relay.handle(req, peer).await;
+            drop(busy);
+            Ok(response)
+        })
+    }
 }
 
 /// How often an HTTP/2 connection is pinged while open.
@@ -241,7 +342,7 @@ async fn serve_h2<C>(
     conn: C,
     activity: &Activity,
     idle: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(), hyper::Error>
 where
     C: Future<Output = Result<(), hyper::Error>> + H2Close,
@@ -290,42 +391,28 @@ where
 
 /// A future that, dropped before it completed, is finished in a task of its own instead of
 /// being cancelled. Polled in place otherwise: no task per request.
-struct RunToEnd<F: Future + Send + 'static>(Option<std::pin::Pin<Box<F>>>)
-where
-    F::Output: Send + 'static;
+struct RunToEnd<O: Send + 'static>(Option<std::pin::Pin<Box<dyn Future<Output = O> + Send>>>);
 
-impl<F: Future + Send + 'static> RunToEnd<F>
-where
-    F::Output: Send + 'static,
-{
-    fn new(future: F) -> Self {
+impl<O: Send + 'static> RunToEnd<O> {
+    fn new(future: impl Future<Output = O> + Send + 'static) -> Self {
         RunToEnd(Some(Box::pin(future)))
     }
 }
 
-impl<F: Future + Send + 'static> Future for RunToEnd<F>
-where
-    F::Output: Send + 'static,
-{
-    type Output = F::Output;
+impl<O: Send + 'static> Future for RunToEnd<O> {
+    type Output = O;
 
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<O> {
         let Some(future) = self.0.as_mut() else {
-            return std::task::Poll::Pending;
+            return Poll::Pending;
         };
         let output = std::task::ready!(future.as_mut().poll(cx));
         self.0 = None;
-        std::task::Poll::Ready(output)
+        Poll::Ready(output)
     }
 }
 
-impl<F: Future + Send + 'static> Drop for RunToEnd<F>
-where
-    F::Output: Send + 'static,
-{
+impl<O: Send + 'static> Drop for RunToEnd<O> {
     fn drop(&mut self) {
         if let Some(future) = self.0.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {

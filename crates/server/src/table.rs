@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cal_relay_accept::Sinks;
+use cal_relay_accept::SinkSet;
 use cal_relay_core::{RouteTable, Source};
 use ipnet::IpNet;
 
@@ -52,7 +52,7 @@ pub enum BuildError {
 pub(crate) struct Table {
     pub(crate) sources: HashMap<String, (Source, Vec<IpNet>)>,
     pub(crate) routes: RouteTable,
-    pub(crate) sinks: Arc<Sinks>,
+    pub(crate) sinks: Arc<SinkSet>,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_read_timeout: Duration,
     pub(crate) trusted_proxies: Vec<IpNet>,
@@ -62,7 +62,7 @@ impl Table {
     pub(crate) fn build(
         endpoints: Vec<Endpoint>,
         routes: RouteTable,
-        sinks: Arc<Sinks>,
+        sinks: Arc<SinkSet>,
         sink_exists: &dyn Fn(&str) -> bool,
         limits: &Limits,
     ) -> Result<Table, BuildError> {

@@ -4,7 +4,9 @@
 //! pair, connections already open keep theirs.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -27,11 +29,11 @@ pub enum TlsError {
 
 /// The certificate in use, swappable.
 #[derive(Debug)]
-struct Resolver(RwLock<Arc<CertifiedKey>>);
+struct Resolver(ArcSwap<CertifiedKey>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(self.0.load_full())
     }
 }
 
@@ -85,7 +87,7 @@ fn certified_key(config: &TlsConfig) -> Result<Arc<CertifiedKey>, TlsError> {
 impl Tls {
     /// Read the certificate and key and build the acceptor.
     pub fn load(config: &TlsConfig) -> Result<Tls, TlsError> {
-        let resolver = Arc::new(Resolver(RwLock::new(certified_key(config)?)));
+        let resolver = Arc::new(Resolver(ArcSwap::new(certified_key(config)?)));
         let mut server = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Key)?
@@ -103,7 +105,7 @@ impl Tls {
     /// stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let key = certified_key(&self.config)?;
-        *self.resolver.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        self.resolver.0.store(key);
         Ok(())
     }
 

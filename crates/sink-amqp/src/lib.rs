@@ -5,7 +5,9 @@
 //! reconnects with backoff and redeclares the exchange. It must not know about HTTP or Cal.com
 //! beyond the message it is handed.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cal_relay_sink::{cloudevents, first_host, Message, OneOrMany, Sink, SinkError};
@@ -157,7 +159,7 @@ impl AmqpSinkConfig {
             return Err(AmqpSinkError::Url);
         }
         let kind = self.kind();
-        let channel = Arc::new(RwLock::new(None));
+        let channel = Arc::new(ArcSwapOption::empty());
         let supervisor = tokio::spawn(supervise(self.clone(), kind, channel.clone()));
         Ok(AmqpSink {
             channel,
@@ -175,7 +177,7 @@ impl AmqpSinkConfig {
 
 /// Connect, declare, enable confirms; publish through that channel until the connection fails;
 /// then start over with exponential backoff (100 ms to 5 s).
-async fn supervise(config: AmqpSinkConfig, kind: ExchangeKind, slot: Arc<RwLock<Option<Channel>>>) {
+async fn supervise(config: AmqpSinkConfig, kind: ExchangeKind, slot: Arc<ArcSwapOption<Channel>>) {
     let mut backoff = Duration::from_millis(100);
     let urls = config.url.to_vec();
     let mut next = 0usize;
@@ -189,7 +191,7 @@ async fn supervise(config: AmqpSinkConfig, kind: ExchangeKind, slot: Arc<RwLock<
                 tracing::info!(sink = "amqp", exchange = %config.exchange, node = %cal_relay_sink::redact_url(&url), "amqp connected");
                 backoff = Duration::from_millis(100);
                 let mut events = connection.events_listener();
-                set(&slot, Some(channel.clone()));
+                slot.store(Some(Arc::new(channel.clone())));
                 loop {
                     tokio::select! {
                         event = events.next() => match event {
@@ -206,7 +208,7 @@ async fn supervise(config: AmqpSinkConfig, kind: ExchangeKind, slot: Arc<RwLock<
                         break;
                     }
                 }
-                set(&slot, None);
+                slot.store(None);
                 let _ = connection.close(200, "reconnecting".into()).await;
                 tracing::warn!(sink = "amqp", "amqp connection lost; reconnecting");
             }
@@ -219,13 +221,6 @@ async fn supervise(config: AmqpSinkConfig, kind: ExchangeKind, slot: Arc<RwLock<
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-    }
-}
-
-fn set(slot: &RwLock<Option<Channel>>, value: Option<Channel>) {
-    match slot.write() {
-        Ok(mut guard) => *guard = value,
-        Err(poisoned) => *poisoned.into_inner() = value,
     }
 }
 
@@ -266,7 +261,7 @@ async fn connect(
 
 /// A running AMQP sink.
 pub struct AmqpSink {
-    channel: Arc<RwLock<Option<Channel>>>,
+    channel: Arc<ArcSwapOption<Channel>>,
     supervisor: tokio::task::JoinHandle<()>,
     exchange: ShortString,
     persistent: bool,
@@ -279,11 +274,11 @@ pub struct AmqpSink {
 
 impl AmqpSink {
     fn current(&self) -> Option<Channel> {
-        match self.channel.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-        .filter(|c| c.status().connected())
+        self.channel
+            .load()
+            .as_deref()
+            .filter(|c| c.status().connected())
+            .cloned()
     }
 
     fn properties(&self, message: &Message) -> BasicProperties {
@@ -339,6 +334,17 @@ impl AmqpSink {
 impl Sink for AmqpSink {
     fn kind(&self) -> &'static str {
         "amqp"
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn messaging_attributes(&self, message: &Message) -> Vec<(&'static str, String)> {
+        vec![(
+            "messaging.rabbitmq.destination.routing_key",
+            message.destination.clone(),
+        )]
     }
 
     fn ready(&self) -> bool {

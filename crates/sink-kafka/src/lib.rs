@@ -395,6 +395,13 @@ impl Sink for KafkaSink {
         "kafka"
     }
 
+    fn messaging_attributes(&self, message: &Message) -> Vec<(&'static str, String)> {
+        match &message.key {
+            Some(key) => vec![("messaging.kafka.message.key", key.clone())],
+            None => Vec::new(),
+        }
+    }
+
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }

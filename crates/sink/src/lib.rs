@@ -119,6 +119,17 @@ pub trait Sink: Send + Sync + 'static {
     /// Short name of the sink family, e.g. `file`, `kafka`.
     fn kind(&self) -> &'static str;
 
+    /// The OpenTelemetry `messaging.system` of this sink's broker (`kafka`, `rabbitmq`, ...).
+    fn messaging_system(&self) -> &'static str {
+        self.kind()
+    }
+
+    /// The broker-specific messaging attributes of publishing `message` (semantic conventions,
+    /// such as `messaging.kafka.message.key`), for the publish span.
+    fn messaging_attributes(&self, _message: &Message) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// Publish one message; resolve once it is safe.
     async fn publish(&self, message: &Message) -> Result<(), SinkError>;
 

@@ -8,7 +8,11 @@
 //! export happens off the request path. It knows no HTTP server, broker client or Cal.com field:
 //! callers name their spans and attributes; messaging attributes come from the [`Message`] a
 //! sink is handed and the sink's kind.
+//!
+//! It also holds the budget of per-request log lines ([`lines`]): a delivery's line costs an
+//! atomic check, and nothing more once the second's budget is spent.
 
+pub mod lines;
 mod publish;
 mod queue;
 
@@ -16,7 +20,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cal_relay_sink::{Header, Message};
+use cal_relay_sink::{Header, Message, Sink};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
     Link, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
@@ -198,20 +202,20 @@ impl Trace {
 
     /// The producer span of publishing `message` to sink `sink` (of kind `kind`), a child of
     /// this one, with the messaging attributes of OpenTelemetry's semantic conventions.
-    pub fn publish(&self, sink: &str, kind: &str, message: &Message) -> Trace {
+    pub fn publish(&self, name: &str, sink: &dyn Sink, message: &Message) -> Trace {
         if self.0.is_none() {
             return Trace(None);
         }
         self.child(
             format!("publish {}", message.destination),
             SpanKind::Producer,
-            messaging(sink, kind, message),
+            messaging(name, sink, message),
         )
     }
 
     /// The producer span of forwarding a spooled `message` to sink `sink`: a new trace, linked
     /// to the span that accepted the delivery (the trace context in the message's headers).
-    pub fn forward(sink: &str, kind: &str, message: &Message, attempt: u32) -> Trace {
+    pub fn forward(name: &str, sink: &dyn Sink, message: &Message, attempt: u32) -> Trace {
         if !enabled() {
             return Trace(None);
         }
@@ -220,7 +224,7 @@ impl Trace {
             sc if sc.is_valid() => vec![Link::with_context(sc.clone())],
             _ => Vec::new(),
         };
-        let mut attributes = messaging(sink, kind, message);
+        let mut attributes = messaging(name, sink, message);
         attributes.push(attr("cal.spool.attempt", i64::from(attempt)));
         let span = tracer()
             .span_builder(format!("publish {}", message.destination))
@@ -296,28 +300,20 @@ impl Extractor for MessageHeaders<'_> {
     }
 }
 
-/// The messaging semantic-convention attributes of publishing `message` to a sink of `kind`.
-fn messaging(sink: &str, kind: &str, message: &Message) -> Vec<KeyValue> {
-    let system = match kind {
-        "amqp" => "rabbitmq",
-        other => other,
-    };
+/// The messaging semantic-convention attributes of publishing `message` to `sink` (named
+/// `name`): the common ones, and the ones its broker adds.
+fn messaging(name: &str, sink: &dyn Sink, message: &Message) -> Vec<KeyValue> {
     let mut attributes = vec![
-        attr("messaging.system", system.to_owned()),
+        attr("messaging.system", sink.messaging_system()),
         attr("messaging.operation.type", "send"),
         attr("messaging.operation.name", "publish"),
         attr("messaging.destination.name", message.destination.clone()),
         attr("messaging.message.id", message.id.clone()),
         attr("messaging.message.body.size", message.body.len() as i64),
-        attr("cal.sink", sink.to_owned()),
+        attr("cal.sink", name.to_owned()),
     ];
-    match (system, &message.key) {
-        ("kafka", Some(key)) => attributes.push(attr("messaging.kafka.message.key", key.clone())),
-        ("rabbitmq", _) => attributes.push(attr(
-            "messaging.rabbitmq.destination.routing_key",
-            message.destination.clone(),
-        )),
-        _ => {}
+    for (key, value) in sink.messaging_attributes(message) {
+        attributes.push(attr(key, value));
     }
     attributes
 }
