@@ -204,6 +204,16 @@ impl Spool {
         sinks: &BTreeMap<String, Arc<dyn Sink>>,
         metrics: SpoolMetrics,
     ) -> Result<Arc<Spool>, SpoolError> {
+        Spool::open_on(log::Files::boxed(&config.dir), config, sinks, metrics)
+    }
+
+    /// [`Spool::open`], the log written through `disk` (a test's crashing disk).
+    fn open_on(
+        disk: Box<dyn log::Disk>,
+        config: &SpoolConfig,
+        sinks: &BTreeMap<String, Arc<dyn Sink>>,
+        metrics: SpoolMetrics,
+    ) -> Result<Arc<Spool>, SpoolError> {
         let dir = config.dir.as_path();
         let lock = lock_dir(dir)?;
         let scan = scan_repaired(dir, &metrics)?;
@@ -236,7 +246,7 @@ impl Spool {
         let replayed = scan.pending.len();
         // The writer hands the pending entries to the lanes once it can write (the lanes skip
         // targets that are not configured: the orphans above).
-        let writer = log::Writer::new(dir, scan, config.fsync, config.max_bytes, lanes, gauges)?;
+        let writer = log::Writer::new(disk, scan, config.fsync, config.max_bytes, lanes, gauges)?;
         let writer = std::thread::Builder::new()
             .name("cal-relay-spool".into())
             .spawn(move || writer.run(receiver))?;
@@ -353,24 +363,15 @@ impl Spool {
 }
 
 #[cfg(test)]
+mod crash;
+#[cfg(test)]
+mod testing;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::{HistogramOpts, HistogramVec};
+    use crate::testing::{message, metrics};
     use std::time::Duration;
-
-    fn message(n: usize, bytes: usize) -> Message {
-        Message {
-            id: format!("{n:064x}"),
-            destination: "cal.booking.created".into(),
-            key: Some(format!("key-{n}")),
-            headers: Vec::new(),
-            content_type: "application/json".into(),
-            body: bytes::Bytes::from(vec![b'x'; bytes]),
-            json_checked: false,
-            received_at: std::time::SystemTime::now(),
-            event: Vec::new(),
-        }
-    }
 
     /// Review finding 12: appends made at once reserve their room before the writer counts
     /// them, so together they never take the log past `max_bytes` (48 of 30 KB against 1 MiB
@@ -378,17 +379,6 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn concurrent_appends_stay_within_max_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::new();
-        let published = IntCounterVec::new(Opts::new("p", "p"), &["sink", "trigger"]).unwrap();
-        let errors =
-            IntCounterVec::new(Opts::new("e", "e"), &["sink", "trigger", "reason"]).unwrap();
-        let duration = HistogramVec::new(HistogramOpts::new("d", "d"), &["sink"]).unwrap();
-        let publish = cal_relay_telemetry::PublishMetrics {
-            published,
-            errors,
-            duration,
-        };
-        let metrics = SpoolMetrics::register(&registry, publish).unwrap();
         let max_bytes = 1024 * 1024;
         let config = SpoolConfig {
             dir: dir.path().to_path_buf(),
@@ -402,7 +392,7 @@ mod tests {
             },
             lanes: 1,
         };
-        let spool = Spool::open(&config, &BTreeMap::new(), metrics).unwrap();
+        let spool = Spool::open(&config, &BTreeMap::new(), metrics()).unwrap();
         let messages: Vec<Message> = (0..48).map(|n| message(n, 30 * 1024)).collect();
         let targets = ["nowhere".to_owned()];
         // All 48 are polled, each up to its wait for the writer, before any is answered.

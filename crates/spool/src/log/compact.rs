@@ -2,14 +2,11 @@
 //! or idle, and compaction, which copies a stuck head's few live entries forward so one entry a
 //! broker keeps refusing does not pin every segment behind it.
 
-use std::io::Write;
-
 use std::time::Duration;
 
 use super::index::Location;
 use super::protocol::Dispatch;
 use super::scan::read_entry;
-use super::segment::segment_path;
 use super::writer::Writer;
 use crate::record::Record;
 
@@ -49,7 +46,7 @@ impl<D: Dispatch> Writer<D> {
             let Some(seg) = self.segments.pop_front() else {
                 break;
             };
-            match std::fs::remove_file(segment_path(&self.dir, seg.id)) {
+            match self.disk.remove(seg.id) {
                 Ok(()) => self.gauges.capacity.shrank(seg.size),
                 Err(e) => {
                     tracing::warn!(error = %e, segment = seg.id, "spool: cannot delete segment");
@@ -93,7 +90,7 @@ impl<D: Dispatch> Writer<D> {
         // only ones.
         if let Err(e) = self
             .active
-            .write_all(&buf)
+            .append(&buf)
             .and_then(|()| self.active.sync_data())
         {
             tracing::error!(error = %e, "spool: compaction write failed");
@@ -141,7 +138,7 @@ impl<D: Dispatch> Writer<D> {
         let result = self
             .active
             .set_len(0)
-            .and_then(|()| self.active.write_all(&start))
+            .and_then(|()| self.active.append(&start))
             .and_then(|()| self.active.sync_all());
         match result {
             Ok(()) => {
@@ -209,8 +206,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let g = gauges();
         let (compacted, relocations) = (g.compacted.clone(), g.relocations.clone());
-        let mut writer =
-            Writer::new(dir.path(), Scan::default(), false, 1024 * 1024, Nowhere, g).unwrap();
+        let mut writer = Writer::new(
+            Files::boxed(dir.path()),
+            Scan::default(),
+            false,
+            1024 * 1024,
+            Nowhere,
+            g,
+        )
+        .unwrap();
         writer.compact_after = Duration::ZERO;
         let (commands, receiver) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || writer.run(receiver));
@@ -262,7 +266,7 @@ mod tests {
     fn a_torn_writer_that_cannot_roll_still_deletes_finished_segments() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Writer::new(
-            dir.path(),
+            Files::boxed(dir.path()),
             Scan::default(),
             false,
             1024 * 1024,

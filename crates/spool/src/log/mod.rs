@@ -16,6 +16,7 @@
 
 mod capacity;
 mod compact;
+mod disk;
 mod index;
 mod protocol;
 mod scan;
@@ -23,6 +24,7 @@ mod segment;
 mod writer;
 
 pub use capacity::{Capacity, NoRoom, Reservation};
+pub use disk::{Disk, Files, SegmentFile};
 pub use index::{Location, PendingKeys, Relocations, Slot, TargetSets, Targets};
 pub use protocol::{Command, Dispatch};
 pub use scan::{read_entry, scan, Records, Scan};

@@ -1,11 +1,12 @@
 //! Segment files: their names, the listing of a directory's, the writer's account of each
 //! (size, live entries), and creating one durably.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::disk::{Disk, SegmentFile};
 use crate::record::Record;
 
 /// A segment's file name.
@@ -68,13 +69,16 @@ impl Segment {
 }
 
 /// Create segment `id`, starting with a START record, synced with its directory entry.
-pub(super) fn create_segment(dir: &Path, id: u64, next_seq: u64) -> io::Result<(File, u64)> {
-    let path = segment_path(dir, id);
-    let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+pub(super) fn create_segment(
+    disk: &dyn Disk,
+    id: u64,
+    next_seq: u64,
+) -> io::Result<(Box<dyn SegmentFile>, u64)> {
+    let mut file = disk.create(id)?;
     let start = Record::Start { next_seq }.encode();
-    file.write_all(&start)?;
+    file.append(&start)?;
     file.sync_all()?;
-    sync_dir(dir)?;
+    disk.sync_dir()?;
     Ok((file, start.len() as u64))
 }
 

@@ -3,9 +3,8 @@
 //! order, and keeps the spool's gauges.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -13,10 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::capacity::Capacity;
 use super::compact::COMPACT_AFTER;
+use super::disk::{Disk, SegmentFile};
 use super::index::{PendingKeys, Relocations, Slot, TargetSets};
 use super::protocol::{Command, Dispatch};
 use super::scan::Scan;
-use super::segment::{create_segment, segment_path, Segment};
+use super::segment::{create_segment, Segment};
 use crate::record::{self, Entry, Record};
 
 /// Gauges the writer keeps current.
@@ -35,11 +35,14 @@ pub struct Gauges {
 
 /// The single thread that owns the active segment.
 pub struct Writer<D: Dispatch> {
+    /// Where the segments are read back from (compaction).
     pub(super) dir: PathBuf,
+    /// Every write and sync of the log goes through here.
+    pub(super) disk: Box<dyn Disk>,
     pub(super) fsync: bool,
     pub(super) segment_limit: u64,
     pub(super) idle_roll: u64,
-    pub(super) active: File,
+    pub(super) active: Box<dyn SegmentFile>,
     pub(super) segments: VecDeque<Segment>,
     /// The pending entries' slots, by seq.
     pub(super) live: BTreeMap<u64, Slot>,
@@ -84,7 +87,7 @@ const MAX_BATCH: usize = 4096;
 impl<D: Dispatch> Writer<D> {
     /// Continue the log found by `scan`: a fresh segment is started for new writes.
     pub fn new(
-        dir: &Path,
+        disk: Box<dyn Disk>,
         scan: Scan,
         fsync: bool,
         max_bytes: u64,
@@ -97,7 +100,7 @@ impl<D: Dispatch> Writer<D> {
             gauges.pending_keys.add(slot.key);
         }
         let next_id = segments.back().map(|s| s.id + 1).unwrap_or(1);
-        let active = match create_segment(dir, next_id, scan.next_seq) {
+        let active = match create_segment(disk.as_ref(), next_id, scan.next_seq) {
             Ok((file, size)) => {
                 segments.push_back(Segment::new(next_id, size));
                 file
@@ -106,12 +109,10 @@ impl<D: Dispatch> Writer<D> {
             // so the relay starts and can drain its backlog (DONEs are small, and finished
             // segments are deleted as it goes).
             Err(e) if !segments.is_empty() => {
-                let _ = std::fs::remove_file(segment_path(dir, next_id));
+                let _ = disk.remove(next_id);
                 let last = segments.back().map(|s| s.id).unwrap_or(next_id);
                 tracing::warn!(error = %e, segment = last, "spool: cannot start a new segment; writing on in the last one");
-                OpenOptions::new()
-                    .append(true)
-                    .open(segment_path(dir, last))?
+                disk.open(last)?
             }
             Err(e) => return Err(e),
         };
@@ -125,7 +126,8 @@ impl<D: Dispatch> Writer<D> {
             .capacity
             .start_at(segments.iter().map(|s| s.size).sum());
         let mut writer = Writer {
-            dir: dir.to_path_buf(),
+            dir: disk.dir().to_path_buf(),
+            disk,
             fsync,
             segment_limit: (max_bytes / 16).clamp(64 * 1024, 16 * 1024 * 1024),
             idle_roll: (max_bytes / 4).clamp(1, 64 * 1024),
@@ -184,7 +186,7 @@ impl<D: Dispatch> Writer<D> {
             return self.refuse_batch(batch);
         }
         let batch = self.encode(batch);
-        let result = self.active.write_all(&batch.buf).and_then(|()| {
+        let result = self.active.append(&batch.buf).and_then(|()| {
             if self.fsync && !batch.puts.is_empty() {
                 self.active.sync_data()
             } else {
@@ -317,7 +319,7 @@ impl<D: Dispatch> Writer<D> {
     /// Start a new active segment; false when it cannot be created.
     pub(super) fn roll(&mut self) -> bool {
         let id = self.segments.back().map(|s| s.id + 1).unwrap_or(1);
-        match create_segment(&self.dir, id, self.next_seq) {
+        match create_segment(self.disk.as_ref(), id, self.next_seq) {
             Ok((file, size)) => {
                 if let Err(e) = self.active.sync_all() {
                     tracing::warn!(error = %e, "spool: sync before roll failed");
@@ -330,7 +332,7 @@ impl<D: Dispatch> Writer<D> {
             }
             Err(e) => {
                 // A half-made segment holds at most a torn START; the scan cuts it.
-                let _ = std::fs::remove_file(segment_path(&self.dir, id));
+                let _ = self.disk.remove(id);
                 tracing::error!(error = %e, "spool: cannot start a new segment");
                 false
             }
