@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,7 +20,7 @@ use cal_relay_sink::{Sink, SinkError};
 use cal_relay_telemetry::{attr, Trace};
 use tokio::sync::{mpsc, watch};
 
-use crate::log::{Command, Dispatch, Location, Relocations, Slot};
+use crate::log::{Dispatch, Dones, Location, Relocations, Slot};
 use crate::record::{DeadLetter, Entry};
 use crate::SpoolMetrics;
 
@@ -137,7 +136,8 @@ pub struct Context {
     pub relocations: Arc<Relocations>,
     pub policy: RetryPolicy,
     pub metrics: SpoolMetrics,
-    pub commands: Sender<Command>,
+    /// Where a lane marks an entry done for its sink.
+    pub dones: Arc<Dones>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -397,10 +397,7 @@ async fn publish_once(
 }
 
 fn done(ctx: &Context, seq: u64, sink: &str) {
-    let _ = ctx.commands.send(Command::Done {
-        seq,
-        sink: sink.to_owned(),
-    });
+    ctx.dones.mark(seq, sink);
 }
 
 /// Move `entry` to the dead-letter store for `sink`, then mark it done there. False when the

@@ -218,6 +218,7 @@ impl Spool {
         let lock = lock_dir(dir)?;
         let scan = scan_repaired(dir, &metrics)?;
         let (commands, receiver) = std::sync::mpsc::channel();
+        let dones = Arc::new(log::Dones::new(commands.clone()));
         // Targets that are no longer configured cannot be reached: dead-letter them (the
         // writer still counts them until their DONE below).
         let orphans = inbox::orphans(&scan, sinks);
@@ -228,7 +229,7 @@ impl Spool {
             relocations: relocations.clone(),
             policy: config.retry.clone(),
             metrics: metrics.clone(),
-            commands: commands.clone(),
+            dones: dones.clone(),
             shutdown: shutdown_rx,
         });
         let sink_names: Vec<String> = sinks.keys().cloned().collect();
@@ -249,7 +250,7 @@ impl Spool {
         let writer = log::Writer::new(disk, scan, config.fsync, config.max_bytes, lanes, gauges)?;
         let writer = std::thread::Builder::new()
             .name("cal-relay-spool".into())
-            .spawn(move || writer.run(receiver))?;
+            .spawn(move || writer.run(receiver, dones))?;
         inbox::bury_orphans(dir, &metrics, &commands, orphans)?;
         tracing::info!(
             dir = %dir.display(),

@@ -217,7 +217,8 @@ mod tests {
         .unwrap();
         writer.compact_after = Duration::ZERO;
         let (commands, receiver) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || writer.run(receiver));
+        let dones = Arc::new(Dones::new(commands.clone()));
+        let thread = std::thread::spawn(move || writer.run(receiver, dones));
         // The stuck entry reached sink "a", never "b".
         let stuck = put(&commands, entry(0, "stuck"));
         let sink = |s: &str| s.to_string();

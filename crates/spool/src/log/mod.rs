@@ -26,7 +26,7 @@ mod writer;
 pub use capacity::{Capacity, NoRoom, Reservation};
 pub use disk::{Disk, Files, SegmentFile};
 pub use index::{Location, PendingKeys, Relocations, Slot, TargetSets, Targets};
-pub use protocol::{Command, Dispatch};
+pub use protocol::{Command, Dispatch, Dones};
 pub use scan::{read_entry, scan, Records, Scan};
 pub use segment::{segment_path, segments, sync_dir, Segment};
 pub use writer::{Gauges, Writer};

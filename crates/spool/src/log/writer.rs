@@ -14,7 +14,7 @@ use super::capacity::Capacity;
 use super::compact::COMPACT_AFTER;
 use super::disk::{Disk, SegmentFile};
 use super::index::{PendingKeys, Relocations, Slot, TargetSets};
-use super::protocol::{Command, Dispatch};
+use super::protocol::{Command, Dispatch, Dones};
 use super::scan::Scan;
 use super::segment::{create_segment, Segment};
 use crate::record::{self, Entry, Record};
@@ -147,8 +147,8 @@ impl<D: Dispatch> Writer<D> {
         Ok(writer)
     }
 
-    /// Serve commands until every sender is gone.
-    pub fn run(mut self, commands: Receiver<Command>) {
+    /// Serve commands (and the marks on `dones`) until every sender is gone.
+    pub fn run(mut self, commands: Receiver<Command>, dones: Arc<Dones>) {
         loop {
             let first = match commands.recv_timeout(Duration::from_secs(1)) {
                 Ok(c) => c,
@@ -169,6 +169,7 @@ impl<D: Dispatch> Writer<D> {
                     Err(_) => break,
                 }
             }
+            batch.extend(dones.take());
             let stop = self.write_batch(batch);
             self.update_gauges();
             if stop {
@@ -216,6 +217,7 @@ impl<D: Dispatch> Writer<D> {
                     )));
                 }
                 Command::Done { seq, sink } => self.done(seq, &sink),
+                Command::Wake => {}
                 Command::Stop => stop = true,
             }
         }
@@ -250,6 +252,7 @@ impl<D: Dispatch> Writer<D> {
                     out.buf.extend_from_slice(&done.encode());
                     out.dones.push((seq, sink));
                 }
+                Command::Wake => {}
                 Command::Stop => out.stop = true,
             }
         }
