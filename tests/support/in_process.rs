@@ -45,6 +45,16 @@ impl InProcess {
 
     /// One request with `method`; status and body text.
     pub async fn request(&self, method: &str, post: Post<'_>) -> anyhow::Result<(u16, String)> {
+        let (status, _, body) = self.exchange(method, post).await?;
+        Ok((status, body))
+    }
+
+    /// One request with `method`; status, headers and body text.
+    pub async fn exchange(
+        &self,
+        method: &str,
+        post: Post<'_>,
+    ) -> anyhow::Result<(u16, hyper::HeaderMap, String)> {
         let mut req = Request::builder()
             .method(method)
             .uri(post.path)
@@ -65,8 +75,9 @@ impl InProcess {
         let peer: SocketAddr = PEER.parse()?;
         let response = self.started.relay.handle(req, peer).await;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
     }
 
     pub async fn post(&self, post: Post<'_>) -> anyhow::Result<(u16, String)> {
