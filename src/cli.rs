@@ -93,6 +93,146 @@ pub enum Command {
         signature: String,
         file: PathBuf,
     },
+    /// Create or update the Cal.com webhook that delivers to this relay (idempotent: matched on
+    /// the subscriber URL, never a second one), with the triggers the routes name.
+    Subscribe {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        wanted: WantedArgs,
+        /// Print the difference and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print a new secret as a Kubernetes Secret manifest on standard output instead of
+        /// writing it to the source's secrets_file.
+        #[arg(long)]
+        print_secret_manifest: bool,
+        /// The manifest's Secret name, namespace and key.
+        #[arg(long, default_value = "cal-relay")]
+        secret_name: String,
+        #[arg(long, default_value = "cal-relay")]
+        secret_namespace: String,
+        #[arg(long, default_value = "webhook-secrets")]
+        secret_key: String,
+    },
+    /// Compare Cal.com's webhooks with the configuration.
+    Subscriptions {
+        #[command(subcommand)]
+        command: SubscriptionsCommand,
+    },
+    /// Rotate the source's webhook secret with no delivery lost: the new secret is added (the
+    /// old one kept for --overlap), every relay serving the source is waited for until it
+    /// reports the new secret, then Cal.com is patched.
+    RotateSecret {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// How long the old secret is still accepted after Cal.com switches (queued retries,
+        /// and scheduled meetings booked before the rotation, arrive signed with it).
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        overlap: Duration,
+        /// A relay serving the source (base URL, e.g. http://10.0.0.5:8080); repeat for each
+        /// replica [default: the configuration's listener].
+        #[arg(long = "relay")]
+        relays: Vec<String>,
+        /// How long to wait for the relays to report the new secret.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// Retire the old secrets now (after a rotation), instead of starting one.
+        #[arg(long)]
+        finish: bool,
+        /// Print the source's secrets as a Kubernetes Secret manifest to apply (for a
+        /// read-only mounted secrets file) instead of writing the file.
+        #[arg(long)]
+        print_secret_manifest: bool,
+        #[arg(long, default_value = "cal-relay")]
+        secret_name: String,
+        #[arg(long, default_value = "cal-relay")]
+        secret_namespace: String,
+        #[arg(long, default_value = "webhook-secrets")]
+        secret_key: String,
+    },
+    /// Delete the Cal.com webhook that delivers to this relay (explicit only).
+    Unsubscribe {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SubscriptionsCommand {
+    /// Exit non-zero with one line per difference (inactive, other triggers, a template, another
+    /// payload version, a deprecated scope, no secret).
+    Check {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        wanted: WantedArgs,
+    },
+}
+
+/// How to reach Cal.com API v2. The API key comes from --api-key-file or the CAL_API_KEY
+/// environment variable, never from an argument (which would land in shell history).
+#[derive(clap::Args)]
+pub struct ApiArgs {
+    /// Base URL of Cal.com API v2 (a self-hosted instance's own host).
+    #[arg(long, env = "CAL_API_URL", default_value = cal_relay_calcom::DEFAULT_API_URL)]
+    pub api_url: String,
+    /// A file holding the API key (`cal_...`); else CAL_API_KEY.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// How long one API request may take.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub api_timeout: Duration,
+}
+
+/// Which webhook.
+#[derive(clap::Args)]
+pub struct TargetArgs {
+    /// The relay's public URL, e.g. https://relay.example.com/webhooks/cal
+    #[arg(long)]
+    pub url: String,
+    /// The configuration's source (may be left out when there is one).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Whose webhook: `user` (the API key's), `event-type ID` or `org ID`.
+    #[arg(long, num_args = 1..=2, value_names = ["KIND", "ID"], default_values_t = ["user".to_string()])]
+    pub scope: Vec<String>,
+}
+
+/// What the webhook should carry beyond the routes' triggers.
+#[derive(clap::Args)]
+pub struct WantedArgs {
+    /// Subscribe every trigger Cal.com knows, whatever the routes name.
+    #[arg(long)]
+    pub all_known: bool,
+    /// Delay of the AFTER_*_CAL_VIDEO_NO_SHOW triggers after the meeting's start.
+    #[arg(long, default_value_t = 15)]
+    pub no_show_time: u32,
+    #[arg(long, value_enum, default_value_t = TimeUnit::Minute)]
+    pub no_show_unit: TimeUnit,
+    /// The payload version to pin (2026-07-27 only adds two optional ICS strings).
+    #[arg(long, default_value = "2021-10-20", value_parser = clap::builder::PossibleValuesParser::new(cal_relay_calcom::PAYLOAD_VERSIONS))]
+    pub payload_version: String,
+    /// Leave an existing payloadTemplate (else it is removed: the relay wants envelopes).
+    #[arg(long)]
+    pub keep_template: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum TimeUnit {
+    Day,
+    Hour,
+    Minute,
 }
 
 #[derive(Subcommand)]

@@ -4,6 +4,7 @@
 //! command line and dispatches: turning a configuration into a running relay is
 //! `cal_relay_app`'s, and the relay's logic lives in the crates below it.
 
+mod calcom;
 mod cli;
 mod samples;
 mod send;
@@ -112,6 +113,10 @@ async fn run(cli: Cli, hangup: Option<Signal>) -> anyhow::Result<ExitCode> {
             Ok(exit_if((200..300).contains(&status)))
         }
         Command::Spool { dir, command } => spool(cli.config, dir, command),
+        command @ (Command::Subscribe { .. }
+        | Command::Subscriptions { .. }
+        | Command::RotateSecret { .. }
+        | Command::Unsubscribe { .. }) => calcom::run(cli.config.as_deref(), command).await,
         Command::Probe { url, timeout } => {
             let (status, answer) = send::probe(&url, timeout).await?;
             println!("{status} {}", answer.trim_end());

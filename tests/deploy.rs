@@ -187,6 +187,7 @@ fn kubernetes_manifests_pass_schema_validation_and_checkov() {
         "statefulset.yaml",
         "sidecar-example.yaml",
         "secret.example.yaml",
+        "subscribe-job.yaml",
     ] {
         all.extend_from_slice(b"\n---\n");
         all.extend_from_slice(&std::fs::read(root().join("deploy/kubernetes").join(alt)).unwrap());

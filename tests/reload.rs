@@ -308,3 +308,29 @@ async fn a_sink_added_by_reload_takes_messages_once_ready() {
     wait_reloads(&relay, "error", 1.0).await;
     assert_eq!(send(&relay, &secret, "still").await, 200);
 }
+
+/// What a mounted Kubernetes Secret does when the Secret is updated (its file changes, no signal
+/// is sent), and what `subscribe` does when it adds a secret: the source's secrets file is read
+/// again, without `--watch-config`.
+#[tokio::test]
+async fn a_secrets_file_that_changes_is_read_again_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, format!("{OLD}\n")).unwrap();
+    let config = one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\"")
+        .replace(
+            &format!("secrets = [\"{}\"]", fixture_secret()),
+            "secrets_file = \"{dir}/secrets\"",
+        );
+    assert!(config.contains("secrets_file"), "{config}");
+    let relay = RelayProcess::start_in(dir, &config).await;
+    assert_eq!(send(&relay, NEW, "before").await, 401);
+    std::fs::write(&secrets, format!("{OLD}\n{NEW}\n")).unwrap();
+    wait_reloads(&relay, "ok", 1.0).await;
+    assert_eq!(send(&relay, NEW, "new").await, 200);
+    assert_eq!(send(&relay, OLD, "old").await, 200);
+    std::fs::write(&secrets, format!("{NEW}\n")).unwrap();
+    wait_reloads(&relay, "ok", 2.0).await;
+    assert_eq!(send(&relay, OLD, "retired").await, 401);
+    assert_eq!(send(&relay, NEW, "still").await, 200);
+}

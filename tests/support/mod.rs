@@ -17,6 +17,7 @@ use sha2::Digest;
 use tokio::net::TcpStream;
 
 pub mod amqp;
+pub mod calcom;
 pub mod in_process;
 pub mod kafka;
 pub mod nats;

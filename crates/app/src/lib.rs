@@ -10,10 +10,12 @@ mod error;
 pub mod plan;
 pub mod reload;
 pub mod render;
-mod secrets;
+pub mod rotate;
+pub mod secrets;
 pub mod serve;
 pub mod sinks;
 pub mod spool_cli;
+pub mod subscribe;
 
 use std::path::{Path, PathBuf};
 

@@ -88,6 +88,18 @@ impl Plan {
 /// Source `i`, mounted on its path, with its secrets read.
 fn endpoint(s: &SourceConfig, i: usize, cloudevents: bool) -> Result<Endpoint, AppError> {
     let secrets = crate::secrets::of(s, i)?;
+    let current: Vec<&str> = secrets
+        .iter()
+        .filter(|s| s.retire_at.is_none())
+        .map(|s| s.value.as_str())
+        .collect();
+    let verifier = secrets
+        .iter()
+        .filter_map(|s| Some((s.value.as_bytes(), s.retire_at?)))
+        .fold(
+            Verifier::new(&current, s.allow_unsigned),
+            |v, (secret, at)| v.retiring(secret, at),
+        );
     Ok(Endpoint {
         allow_from: parse_nets(&s.allow_from)
             .map_err(|e| AppError::setting(format!("sources[{i}].allow_from"), e))?,
@@ -95,7 +107,7 @@ fn endpoint(s: &SourceConfig, i: usize, cloudevents: bool) -> Result<Endpoint, A
         source: Source {
             freshness: freshness(s),
             name: s.name.clone(),
-            verifier: Verifier::new(&secrets, s.allow_unsigned),
+            verifier,
             template_destination: s.template_destination.clone(),
             event_source: s.event_source.clone(),
             template_event_type: s.template_event_type.clone(),

@@ -1,5 +1,6 @@
-//! Reloading while serving: on SIGHUP (or, with `--watch-config`, when the file changes) the
-//! configuration is read and resolved again, and what can change in place is swapped in:
+//! Reloading while serving: on SIGHUP (or, with `--watch-config`, when the file changes, and
+//! whenever a source's `secrets_file` changes content: a mounted Kubernetes Secret updated in
+//! place, a secret added by `subscribe`) the configuration is read and resolved again, and what can change in place is swapped in:
 //! sources (paths, secrets, replay windows), routes, per-request limits and, in confirm mode,
 //! the sinks whose settings changed. The whole file is refused when any of it is invalid.
 //! Which settings are which is declared by the configuration crate (`cal_relay_config::CLASSES`).
@@ -129,6 +130,27 @@ fn stamp(p: &Path) -> Option<(Option<std::time::SystemTime>, u64)> {
         .map(|m| (m.modified().ok(), m.len()))
 }
 
+/// What the sources' secrets files hold now (their content, bounded as a plan reads it: a
+/// mounted Secret is replaced through a symlink swap, which a modification time can miss).
+fn secrets_files(config: &Config) -> Vec<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    config
+        .sources
+        .iter()
+        .filter_map(|s| s.secrets_file.as_deref())
+        .map(|f| {
+            let mut bytes = Vec::new();
+            std::fs::File::open(f)
+                .and_then(|file| {
+                    file.take(crate::secrets::MAX_SECRETS_FILE_BYTES + 1)
+                        .read_to_end(&mut bytes)
+                })
+                .ok()
+                .map(|_| bytes)
+        })
+        .collect()
+}
+
 impl Reloader {
     /// On SIGHUP: read the configuration again (see [`reload`]) and the TLS certificate and
     /// key (connections already open keep theirs). The handler is installed whatever the
@@ -141,6 +163,8 @@ impl Reloader {
         let watched = crate::config_path(self.path.as_deref()).filter(|_| self.watch);
         let mut last = watched.as_deref().map(stamp);
         let mut running_sinks = self.started.sinks.clone();
+        let mut secrets = secrets_files(&self.started);
+        let mut running = self.started.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let trigger = tokio::select! {
@@ -148,19 +172,27 @@ impl Reloader {
                     Some(()) => "SIGHUP",
                     None => break,
                 },
-                _ = tick.tick(), if watched.is_some() => {
+                _ = tick.tick() => {
                     let now = watched.as_deref().map(stamp);
-                    if now == last {
-                        continue;
+                    if now != last {
+                        last = now;
+                        "the configuration file changed"
+                    } else {
+                        let held = secrets_files(&running);
+                        if held == secrets {
+                            continue;
+                        }
+                        secrets = held;
+                        "a secrets file changed"
                     }
-                    last = now;
-                    "the configuration file changed"
                 }
             };
             tracing::info!(trigger, "reloading the configuration");
             let path = self.path.as_deref();
             match reload(&self.relay, path, &self.started, &mut running_sinks).await {
                 Ok(plan) => {
+                    secrets = secrets_files(&plan.config);
+                    running = plan.config.clone();
                     let hash = crate::render::hash(&plan);
                     self.reloads.total.with_label_values(&["ok"]).inc();
                     self.reloads.info.reset();

@@ -16,4 +16,4 @@ pub use pipeline::{
     Verified, DEFAULT_EVENT_SOURCE, DEFAULT_TEMPLATE_EVENT_TYPE, EVENT_TYPE_PREFIX,
 };
 pub use route::{Route, RouteError, RouteTable};
-pub use verify::{sign, Verifier, VerifyError};
+pub use verify::{fingerprint, sign, Signed, Verifier, VerifyError};

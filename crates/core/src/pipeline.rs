@@ -233,7 +233,15 @@ fn check_age(
 /// only thing [`Source::prepare_verified`] takes, so unverified bytes cannot be normalized,
 /// routed or published.
 #[derive(Debug)]
-pub struct Verified<'a>(Inbound<'a>);
+pub struct Verified<'a>(Inbound<'a>, crate::Signed);
+
+impl Verified<'_> {
+    /// Whether a secret being retired signed it (counted, so operators see when the old
+    /// secret stops being used).
+    pub fn by_retiring_secret(&self) -> bool {
+        self.1 == crate::Signed::Retiring
+    }
+}
 
 impl Source {
     /// The CloudEvents context attributes of a delivery (other than `specversion`, `id` and
@@ -273,8 +281,12 @@ impl Source {
 
     /// Check `inbound`'s signature against this source's secrets.
     pub fn verify<'a>(&self, inbound: Inbound<'a>) -> Result<Verified<'a>, Rejection> {
-        self.verifier.verify(inbound.signature, &inbound.body)?;
-        Ok(Verified(inbound))
+        let signed = self.verifier.check(
+            inbound.signature,
+            &inbound.body,
+            std::time::SystemTime::now(),
+        )?;
+        Ok(Verified(inbound, signed))
     }
 
     /// Normalize and route a delivery whose signature [`Source::verify`] accepted.

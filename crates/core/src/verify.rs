@@ -1,9 +1,13 @@
 //! `X-Cal-Signature-256`: lowercase hex HMAC-SHA256 of the exact body bytes, keyed with the
 //! webhook secret. Either hex case and an optional `sha256=` prefix are accepted; comparison is
 //! constant-time; several secrets may be configured so a secret can be rotated without downtime.
+//! A secret being retired carries the time it stops being accepted: checked at each delivery,
+//! so it ends on time without a reload, and a delivery it accepted is told apart ([`Signed`]).
+
+use std::time::SystemTime;
 
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -35,10 +39,38 @@ impl VerifyError {
     }
 }
 
+/// A secret's fingerprint: 16 hex digits of a SHA-256 of it (domain-separated), which tells
+/// which secrets a relay holds without telling the secret.
+pub fn fingerprint(secret: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"cal-relay secret fingerprint\n");
+    h.update(secret);
+    hex::encode(&h.finalize()[..8])
+}
+
+/// What accepted a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signed {
+    /// No signature, and the source allows that.
+    Unsigned,
+    /// A secret in use.
+    Current,
+    /// A secret being retired (still inside its overlap).
+    Retiring,
+}
+
+#[derive(Clone)]
+struct Key {
+    mac: HmacSha256,
+    /// When a secret being retired stops being accepted.
+    retire_at: Option<SystemTime>,
+}
+
 /// Checks signatures for one source. Keys are prepared once; `verify` only clones them.
 #[derive(Clone)]
 pub struct Verifier {
-    keys: Vec<HmacSha256>,
+    keys: Vec<Key>,
+    fingerprints: Vec<String>,
     allow_unsigned: bool,
 }
 
@@ -56,26 +88,58 @@ impl Verifier {
     /// deliveries without a signature (missing header or `no-secret-provided`) pass too; a
     /// present but wrong signature never does.
     pub fn new<S: AsRef<[u8]>>(secrets: &[S], allow_unsigned: bool) -> Self {
-        let keys = secrets
-            .iter()
-            .filter_map(|s| HmacSha256::new_from_slice(s.as_ref()).ok())
-            .collect();
-        Verifier {
-            keys,
+        let mut v = Verifier {
+            keys: Vec::new(),
+            fingerprints: Vec::new(),
             allow_unsigned,
+        };
+        for s in secrets {
+            v.add(s.as_ref(), None);
+        }
+        v
+    }
+
+    /// Also accept `secret` until `retire_at` (a secret being retired).
+    pub fn retiring(mut self, secret: &[u8], retire_at: SystemTime) -> Self {
+        self.add(secret, Some(retire_at));
+        self
+    }
+
+    fn add(&mut self, secret: &[u8], retire_at: Option<SystemTime>) {
+        // HMAC takes keys of any length: `new_from_slice` never fails for it.
+        if let Ok(mac) = HmacSha256::new_from_slice(secret) {
+            self.keys.push(Key { mac, retire_at });
+            if retire_at.is_none() {
+                self.fingerprints.push(fingerprint(secret));
+            }
         }
     }
 
-    /// Number of configured secrets.
+    /// Number of configured secrets (those being retired included).
     pub fn secret_count(&self) -> usize {
         self.keys.len()
     }
 
+    /// The fingerprints of the secrets in use (not of those being retired).
+    pub fn fingerprints(&self) -> &[String] {
+        &self.fingerprints
+    }
+
     /// Check `header` (the raw `X-Cal-Signature-256` value, if any) against `body`.
     pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> Result<(), VerifyError> {
+        self.check(header, body, SystemTime::now()).map(|_| ())
+    }
+
+    /// [`Verifier::verify`] at `now`, saying what accepted the delivery.
+    pub fn check(
+        &self,
+        header: Option<&[u8]>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Signed, VerifyError> {
         let Some(raw) = header else {
             return if self.allow_unsigned {
-                Ok(())
+                Ok(Signed::Unsigned)
             } else {
                 Err(VerifyError::Missing)
             };
@@ -83,7 +147,7 @@ impl Verifier {
         let value = raw.trim_ascii();
         if value.eq_ignore_ascii_case(NO_SECRET_PROVIDED.as_bytes()) {
             return if self.allow_unsigned {
-                Ok(())
+                Ok(Signed::Unsigned)
             } else {
                 Err(VerifyError::NoSecretProvided)
             };
@@ -97,17 +161,22 @@ impl Verifier {
             // included (it admits only deliveries that carry none).
             return Err(VerifyError::Mismatch);
         }
-        // Check every key (no early exit) so timing does not tell which one matched.
-        let mut matched = false;
+        // Check every key (no early exit) so timing does not tell which one matched; a
+        // retired key is checked too, and its match ignored.
+        let (mut current, mut retiring) = (false, false);
         for key in &self.keys {
-            let mut mac = key.clone();
+            let mut mac = key.mac.clone();
             mac.update(body);
-            matched |= mac.verify_slice(&signature).is_ok();
+            let ok = mac.verify_slice(&signature).is_ok();
+            match key.retire_at {
+                None => current |= ok,
+                Some(at) => retiring |= ok && now < at,
+            }
         }
-        if matched {
-            Ok(())
-        } else {
-            Err(VerifyError::Mismatch)
+        match (current, retiring) {
+            (true, _) => Ok(Signed::Current),
+            (false, true) => Ok(Signed::Retiring),
+            _ => Err(VerifyError::Mismatch),
         }
     }
 }
@@ -135,6 +204,23 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retiring_secret_is_accepted_until_its_time_and_told_apart() {
+        let body = b"{}";
+        let now = SystemTime::now();
+        let end = now + std::time::Duration::from_secs(60);
+        let v = Verifier::new(&["new"], false).retiring(b"old", end);
+        let signed = |secret: &str| sign(secret.as_bytes(), body);
+        let check = |secret: &str, at| v.check(Some(signed(secret).as_bytes()), body, at);
+        assert_eq!(check("new", now), Ok(Signed::Current));
+        assert_eq!(check("old", now), Ok(Signed::Retiring));
+        assert_eq!(check("old", end), Err(VerifyError::Mismatch));
+        assert_eq!(check("other", now), Err(VerifyError::Mismatch));
+        assert_eq!(v.fingerprints(), [fingerprint(b"new")]);
+        assert_ne!(fingerprint(b"new"), fingerprint(b"old"));
+        assert_eq!(fingerprint(b"new").len(), 16);
+    }
 
     const SECRET: &str = "fixture-secret-2021-10-20";
 

@@ -100,8 +100,14 @@ impl Relay {
         };
         let span = trace.child("verify signature", Kind::Internal, Vec::new());
         let verified = source.verify(inbound);
-        if let Err(rejection) = &verified {
-            span.fail(rejection.to_string());
+        match &verified {
+            Err(rejection) => span.fail(rejection.to_string()),
+            Ok(v) if v.by_retiring_secret() => self
+                .metrics
+                .retiring_secret
+                .with_label_values(&[source.name.as_str()])
+                .inc(),
+            Ok(_) => {}
         }
         span.end();
         let prepared = verified.and_then(|v| source.prepare_verified(&table.routes, v));

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub sink_ready: IntGaugeVec,
     pub duplicates: IntCounter,
     pub schema_violations: IntCounterVec,
+    /// Deliveries accepted by a secret being retired, per source.
+    pub retiring_secret: IntCounterVec,
+    /// 1 per secret in use, by source and fingerprint; refreshed at each scrape.
+    pub secret_info: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -111,6 +115,23 @@ impl Metrics {
                 "Published bodies that depart from their trigger's schema ([schema] check = \
                  \"warn\").",
                 &["trigger"],
+            )?,
+            retiring_secret: counters(
+                "cal_relay_retiring_secret_deliveries_total",
+                "Deliveries accepted by a secret being retired (rotate-secret's overlap): when \
+                 it stays flat, the old secret is no longer used.",
+                &["source"],
+            )?,
+            secret_info: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "cal_relay_source_secret_info",
+                        "1 for each secret a source accepts (not those being retired), by its \
+                         fingerprint (16 hex digits of a SHA-256 of it, not the secret).",
+                    ),
+                    &["source", "fingerprint"],
+                )?,
             )?,
             registry: {
                 register(&r, cal_relay_telemetry::lines::SUPPRESSED.clone())?;

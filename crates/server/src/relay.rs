@@ -206,6 +206,16 @@ impl Relay {
                 .with_label_values(&[name.as_str()])
                 .set(i64::from(sink.ready()));
         }
+        let table = self.table.load();
+        self.metrics.secret_info.reset();
+        for (source, _) in table.sources.values() {
+            for fingerprint in source.verifier.fingerprints() {
+                self.metrics
+                    .secret_info
+                    .with_label_values(&[source.name.as_str(), fingerprint.as_str()])
+                    .set(1);
+            }
+        }
         let mut r = respond::json(StatusCode::OK, self.metrics.encode());
         r.headers_mut().insert(
             CONTENT_TYPE,
