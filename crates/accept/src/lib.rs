@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 
 use cal_relay_sink::{Message, Sink, SinkError};
 use cal_relay_spool::{Spool, SpoolError};
-use cal_relay_telemetry::{attr, Kind, Trace};
+use cal_relay_telemetry::{attr, Kind, SinkSeries, Trace};
 use prometheus::IntCounter;
 
 pub use dedup::{Claim, Dedup};
@@ -131,9 +131,18 @@ pub struct SinksFixed;
 pub struct Acceptor {
     /// Replaced as a whole by a reload (confirm mode); a delivery uses the set it started with.
     sinks: ArcSwap<SinkSet>,
+    /// Each sink's publish series, resolved once per sink (and replaced with the sinks).
+    series: ArcSwap<BTreeMap<String, Arc<SinkSeries>>>,
     spool: Option<Arc<Spool>>,
     dedup: Option<Dedup>,
     metrics: AcceptMetrics,
+}
+
+fn series_of(sinks: &Sinks, metrics: &AcceptMetrics) -> BTreeMap<String, Arc<SinkSeries>> {
+    sinks
+        .keys()
+        .map(|name| (name.clone(), metrics.publish.series(name)))
+        .collect()
 }
 
 impl Acceptor {
@@ -144,6 +153,7 @@ impl Acceptor {
         metrics: AcceptMetrics,
     ) -> Acceptor {
         Acceptor {
+            series: ArcSwap::from_pointee(series_of(&sinks, &metrics)),
             sinks: ArcSwap::from_pointee(SinkSet::new(sinks)),
             spool,
             dedup,
@@ -170,6 +180,11 @@ impl Acceptor {
             return Err(SinksFixed);
         }
         let old = self.sinks();
+        let mut series = (**self.series.load()).clone();
+        for (name, resolved) in series_of(&new, &self.metrics) {
+            series.entry(name).or_insert(resolved);
+        }
+        self.series.store(Arc::new(series));
         switch();
         self.sinks.store(new.clone());
         let sinks = old
@@ -271,9 +286,13 @@ impl Acceptor {
 
     /// Publish to every target sink at once; the failures, by sink name.
     async fn publish(&self, delivery: &Delivery<'_>) -> Vec<(String, SinkError)> {
-        let m = &self.metrics;
+        let series = self.series.load();
         let jobs = delivery.targets.iter().map(|name| {
             let sink = delivery.sinks.get(name).cloned();
+            let series = series
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| self.metrics.publish.series(name));
             async move {
                 let Some(sink) = sink else {
                     // A route naming a sink its configuration lacks (a bug elsewhere): a
@@ -288,9 +307,8 @@ impl Acceptor {
                     .trace
                     .publish(name, sink.as_ref(), delivery.message);
                 let result = cal_relay_telemetry::publish(
-                    &m.publish,
+                    &series,
                     span,
-                    name,
                     delivery.label,
                     sink.as_ref(),
                     delivery.message,

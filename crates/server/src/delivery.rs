@@ -15,7 +15,7 @@ use hyper::Response;
 use crate::answer::Refusal;
 use crate::relay::Relay;
 use crate::respond::Body;
-use crate::table::Table;
+use crate::table::{Mounted, Table};
 
 impl Relay {
     /// Deliver in a server span (when tracing is on) whose parent is the request's W3C trace
@@ -23,7 +23,7 @@ impl Relay {
     pub(crate) async fn deliver<B>(
         &self,
         table: &Table,
-        source: &Source,
+        mounted: &Mounted,
         parts: Parts,
         body: B,
     ) -> Response<Body>
@@ -33,7 +33,7 @@ impl Relay {
     {
         if !cal_relay_telemetry::enabled() {
             return self
-                .deliver_in(table, source, parts, body, &Trace::off())
+                .deliver_in(table, mounted, parts, body, &Trace::off())
                 .await;
         }
         let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
@@ -45,10 +45,10 @@ impl Relay {
             vec![
                 attr("http.request.method", "POST"),
                 attr("http.route", path),
-                attr("cal.source", source.name.clone()),
+                attr("cal.source", mounted.source.name.clone()),
             ],
         );
-        let response = self.deliver_in(table, source, parts, body, &trace).await;
+        let response = self.deliver_in(table, mounted, parts, body, &trace).await;
         let status = response.status();
         trace.set(attr(
             "http.response.status_code",
@@ -64,7 +64,7 @@ impl Relay {
     async fn deliver_in<B>(
         &self,
         table: &Table,
-        source: &Source,
+        mounted: &Mounted,
         parts: Parts,
         body: B,
         trace: &Trace,
@@ -75,10 +75,8 @@ impl Relay {
     {
         let started = Instant::now();
         let answers = self.answers();
-        self.metrics
-            .received
-            .with_label_values(&[source.name.as_str()])
-            .inc();
+        let source = &mounted.source;
+        mounted.received.inc();
         let body = match crate::ingress::read_body(table, &parts.headers, body).await {
             Ok(body) => body,
             Err(refusal) => return answers.refuse(&source.name, refusal),
@@ -102,11 +100,7 @@ impl Relay {
         let verified = source.verify(inbound);
         match &verified {
             Err(rejection) => span.fail(rejection.to_string()),
-            Ok(v) if v.by_retiring_secret() => self
-                .metrics
-                .retiring_secret
-                .with_label_values(&[source.name.as_str()])
-                .inc(),
+            Ok(v) if v.by_retiring_secret() => mounted.retiring_secret.inc(),
             Ok(_) => {}
         }
         span.end();

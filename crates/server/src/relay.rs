@@ -48,6 +48,7 @@ impl Relay {
             sinks.clone(),
             &|s| sinks.contains_key(s),
             &limits,
+            &metrics,
         )?;
         Ok(Relay {
             table: ArcSwap::from_pointee(table),
@@ -72,6 +73,7 @@ impl Relay {
             Arc::new(SinkSet::new(Sinks::new())),
             &|s| sink_names.contains(&s),
             limits,
+            &Metrics::new()?,
         )
         .map(|_| ())
     }
@@ -100,6 +102,7 @@ impl Relay {
             next.clone(),
             &|s| next.contains_key(s),
             limits,
+            &self.metrics,
         )?);
         let switch = || self.table.store(table);
         if !replaced {
@@ -171,15 +174,16 @@ impl Relay {
         let table = self.table.load_full();
         let answers = self.answers();
         let path = req.uri().path();
-        let Some((source, allow_from)) = table.sources.get(path) else {
+        let Some(mounted) = table.sources.get(path) else {
             return answers.refuse(NO_SOURCE, Refusal::NotFound { path });
         };
+        let source = &mounted.source;
         if req.method() != Method::POST {
             let method = req.method();
             return answers.refuse(&source.name, Refusal::NotPost { method });
         }
         let client = crate::ingress::client_ip(&table, req.headers(), peer);
-        if !crate::ingress::allowed(allow_from, client) {
+        if !crate::ingress::allowed(&mounted.allow_from, client) {
             return answers.refuse(&source.name, Refusal::Forbidden { client });
         }
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -188,7 +192,7 @@ impl Relay {
         // Counted down however the delivery ends (answered, failed, or its task dropped).
         let _in_flight = GaugeGuard::new(&self.metrics.in_flight);
         let (parts, body) = req.into_parts();
-        self.deliver(&table, source, parts, body).await
+        self.deliver(&table, mounted, parts, body).await
     }
 
     fn get_only(&self, method: &Method, answer: impl FnOnce() -> Response<Body>) -> Response<Body> {
@@ -208,7 +212,7 @@ impl Relay {
         }
         let table = self.table.load();
         self.metrics.secret_info.reset();
-        for (source, _) in table.sources.values() {
+        for source in table.sources.values().map(|m| &m.source) {
             for fingerprint in source.verifier.fingerprints() {
                 self.metrics
                     .secret_info

@@ -10,6 +10,8 @@ use cal_relay_accept::SinkSet;
 use cal_relay_core::{RouteTable, Source};
 use ipnet::IpNet;
 
+use crate::metrics::Metrics;
+
 /// A source mounted on a path.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -50,12 +52,20 @@ pub enum BuildError {
 /// end, so its routes always find their sinks (a sink a reload removed is closed only once no
 /// table that names it is in use).
 pub(crate) struct Table {
-    pub(crate) sources: HashMap<String, (Source, Vec<IpNet>)>,
+    pub(crate) sources: HashMap<String, Mounted>,
     pub(crate) routes: RouteTable,
     pub(crate) sinks: Arc<SinkSet>,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_read_timeout: Duration,
     pub(crate) trusted_proxies: Vec<IpNet>,
+}
+
+/// A source on its path: who may deliver to it, and its series, resolved once per source.
+pub(crate) struct Mounted {
+    pub(crate) source: Source,
+    pub(crate) allow_from: Vec<IpNet>,
+    pub(crate) received: prometheus::IntCounter,
+    pub(crate) retiring_secret: prometheus::IntCounter,
 }
 
 impl Table {
@@ -65,6 +75,7 @@ impl Table {
         sinks: Arc<SinkSet>,
         sink_exists: &dyn Fn(&str) -> bool,
         limits: &Limits,
+        metrics: &Metrics,
     ) -> Result<Table, BuildError> {
         for (i, route) in routes.routes().iter().enumerate() {
             if let Some(missing) = route.sinks.iter().find(|s| !sink_exists(s)) {
@@ -86,7 +97,14 @@ impl Table {
             {
                 return Err(BuildError::BadPath(path));
             }
-            if sources.insert(path.clone(), (source, allow_from)).is_some() {
+            let name = [source.name.as_str()];
+            let mounted = Mounted {
+                received: metrics.received.with_label_values(&name),
+                retiring_secret: metrics.retiring_secret.with_label_values(&name),
+                source,
+                allow_from,
+            };
+            if sources.insert(path.clone(), mounted).is_some() {
                 return Err(BuildError::DuplicatePath(path));
             }
         }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cal_relay_sink::{Sink, SinkError};
-use cal_relay_telemetry::{attr, Trace};
+use cal_relay_telemetry::{attr, SinkSeries, Trace};
 use tokio::sync::{mpsc, watch};
 
 use crate::log::{Dispatch, Dones, Location, Relocations, Slot};
@@ -185,6 +185,8 @@ async fn run_lane(
 ) {
     let mut shutdown = ctx.shutdown.clone();
     let mut parked: std::collections::HashMap<u64, Parked> = std::collections::HashMap::new();
+    // This lane's publish series, resolved once.
+    let series = ctx.metrics.publish.series(&name);
     loop {
         let due = parked
             .iter()
@@ -210,7 +212,7 @@ async fn run_lane(
                         parked.remove(&key);
                         break;
                     };
-                    match attempt(&ctx, &name, sink.as_ref(), head, p.attempt + 1).await {
+                    match attempt(&ctx, &series, sink.as_ref(), head, p.attempt + 1).await {
                         Step::Finished => {
                             p.queue.pop_front();
                             p.attempt = 0;
@@ -230,7 +232,7 @@ async fn run_lane(
                     p.queue.push_back(entry);
                     continue;
                 }
-                if let Step::RetryIn(delay) = attempt(&ctx, &name, sink.as_ref(), &mut entry, 1).await {
+                if let Step::RetryIn(delay) = attempt(&ctx, &series, sink.as_ref(), &mut entry, 1).await {
                     parked.insert(
                         key,
                         Parked {
@@ -257,11 +259,12 @@ enum Step {
 /// from the log first when it is not held (and holding it while it is retried).
 async fn attempt(
     ctx: &Context,
-    name: &str,
+    series: &SinkSeries,
     sink: &dyn Sink,
     queued: &mut Queued,
     attempt: u32,
 ) -> Step {
+    let name = series.name();
     let entry = match &queued.entry {
         Some(held) => held.entry.clone(),
         None => {
@@ -274,7 +277,7 @@ async fn attempt(
             }
         }
     };
-    let step = publish_once(ctx, name, sink, &entry, attempt, &mut queued.refusals).await;
+    let step = publish_once(ctx, series, sink, &entry, attempt, &mut queued.refusals).await;
     // An entry read back is not kept for its retries: with distinct keys every parked key's
     // head would otherwise hold its body, outside the budget, and memory would follow the
     // backlog's bytes. It is read back again at its next attempt (from the page cache, mostly).
@@ -327,19 +330,18 @@ fn unreadable(
 /// keeps the next start from sending it again. Sinks bound a publish by their own timeouts.
 async fn publish_once(
     ctx: &Context,
-    name: &str,
+    series: &SinkSeries,
     sink: &dyn Sink,
     entry: &Entry,
     attempt: u32,
     refusals: &mut u32,
 ) -> Step {
-    let m = &ctx.metrics;
+    let (m, name) = (&ctx.metrics, series.name());
     // A new trace per attempt, linked to the span that accepted the delivery.
     let span = Trace::forward(name, sink, &entry.message, attempt);
     span.set(attr("cal.spool.seq", entry.seq as i64));
     let published =
-        cal_relay_telemetry::publish(&m.publish, span, name, &entry.label, sink, &entry.message)
-            .await;
+        cal_relay_telemetry::publish(series, span, &entry.label, sink, &entry.message).await;
     let Err(error) = published else {
         done(ctx, entry.seq, name);
         return Step::Finished;

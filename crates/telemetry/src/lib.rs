@@ -30,7 +30,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 
 pub use opentelemetry::trace::SpanKind as Kind;
-pub use publish::{publish, PublishMetrics};
+pub use publish::{publish, InternalEvent, PublishEnded, PublishMetrics, SinkSeries};
 pub use queue::TraceMetrics;
 
 /// Name of the instrumentation scope the relay's spans carry.
