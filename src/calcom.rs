@@ -1,16 +1,18 @@
 //! `subscribe`, `subscriptions check` and `unsubscribe`: the command line's arguments turned
 //! into `cal_relay_app::subscribe`'s, and its report printed.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use cal_relay_app::rotate::{self, Rotation};
 use cal_relay_app::subscribe::{self, Report, SecretOut, Target, Wanted};
 use cal_relay_calcom::{Client, NoShow, Scope, Secret};
 
 use crate::cli::{ApiArgs, Command, SubscriptionsCommand, TargetArgs, TimeUnit, WantedArgs};
 
 /// Run one of the Cal.com commands.
-pub async fn run(config: Option<&std::path::Path>, command: Command) -> anyhow::Result<ExitCode> {
+pub async fn run(config: Option<&Path>, command: Command) -> anyhow::Result<ExitCode> {
     let report = match command {
         Command::Subscribe {
             api,
@@ -27,7 +29,7 @@ pub async fn run(config: Option<&std::path::Path>, command: Command) -> anyhow::
             cal_relay_calcom::check_subscriber_url(&target.url)
                 .map_err(|m| anyhow::anyhow!("--url {}: {m}", target.url))?;
             let config = cal_relay_app::load(config)?.config;
-            let secret_out = secret_out(
+            let out = secret_out(
                 print_secret_manifest,
                 secret_name,
                 secret_namespace,
@@ -35,7 +37,7 @@ pub async fn run(config: Option<&std::path::Path>, command: Command) -> anyhow::
             );
             let client = client_of(&api)?;
             let wanted = wanted_of(wanted);
-            subscribe::subscribe(&config, &client, &target, &wanted, &secret_out, dry_run).await?
+            subscribe::subscribe(&config, &client, &target, &wanted, &out, dry_run).await?
         }
         Command::Subscriptions {
             command:
@@ -62,44 +64,19 @@ pub async fn run(config: Option<&std::path::Path>, command: Command) -> anyhow::
             secret_namespace,
             secret_key,
         } => {
-            let target = target_of(target)?;
-            let config = cal_relay_app::load(config)?.config;
-            let secret_out = secret_out(
+            let out = secret_out(
                 print_secret_manifest,
                 secret_name,
                 secret_namespace,
                 secret_key,
             );
-            // The manifest is printed as soon as it is made: the relays are waited for after.
-            let mut print = |m: &str| {
-                use std::io::Write as _;
-                print!("{m}");
-                let _ = std::io::stdout().flush();
+            let rotation = Rotation {
+                overlap,
+                relays,
+                wait,
             };
-            let mut report = if finish {
-                cal_relay_app::rotate::finish(&config, &target, &secret_out, &mut print)?
-            } else {
-                let client = client_of(&api)?;
-                let rotation = cal_relay_app::rotate::Rotation {
-                    overlap,
-                    relays,
-                    wait,
-                };
-                cal_relay_app::rotate::rotate(
-                    &config,
-                    &client,
-                    &target,
-                    &rotation,
-                    &secret_out,
-                    &mut print,
-                )
-                .await?
-            };
-            // What was said goes to standard error when a manifest took standard output.
-            if print_secret_manifest {
-                eprint!("{}", std::mem::take(&mut report.text));
-            }
-            report
+            let finish = finish.then_some(());
+            rotate_secret(config, &api, target_of(target)?, &rotation, &out, finish).await?
         }
         Command::Unsubscribe {
             api,
@@ -113,6 +90,35 @@ pub async fn run(config: Option<&std::path::Path>, command: Command) -> anyhow::
         _ => anyhow::bail!("not a Cal.com command"),
     };
     Ok(finish(report))
+}
+
+/// `rotate-secret` (`finish`: `--finish`). A manifest is printed as soon as it is made (the
+/// relays are waited for after it), and what is said then goes to standard error.
+async fn rotate_secret(
+    config: Option<&Path>,
+    api: &ApiArgs,
+    target: Target,
+    rotation: &Rotation,
+    out: &SecretOut,
+    finish: Option<()>,
+) -> anyhow::Result<Report> {
+    let config = cal_relay_app::load(config)?.config;
+    let mut print = |m: &str| {
+        use std::io::Write as _;
+        print!("{m}");
+        let _ = std::io::stdout().flush();
+    };
+    let mut report = match finish {
+        Some(()) => rotate::finish(&config, &target, out, &mut print)?,
+        None => {
+            let client = client_of(api)?;
+            rotate::rotate(&config, &client, &target, rotation, out, &mut print).await?
+        }
+    };
+    if matches!(out, SecretOut::Manifest { .. }) {
+        eprint!("{}", std::mem::take(&mut report.text));
+    }
+    Ok(report)
 }
 
 fn secret_out(manifest: bool, name: String, namespace: String, key: String) -> SecretOut {

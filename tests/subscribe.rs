@@ -283,6 +283,7 @@ async fn the_subscribe_job_runs_as_shipped() {
         YamlLoader::load_from_str(&std::fs::read_to_string(k8s.join(file)).unwrap()).unwrap()
     };
     let job = load("subscribe-job.yaml").remove(0);
+    assert_eq!(job["kind"].as_str(), Some("Job"));
     let config_map = load("configmap.yaml").remove(0);
     let secret = load("secret.example.yaml").remove(0);
     let root = tempfile::tempdir().unwrap();
@@ -513,6 +514,19 @@ async fn a_rotation_under_load_loses_nothing_and_waits_for_every_relay() {
     }
     for (uid, _) in &sent {
         assert_eq!(published.get(uid), Some(&1), "{uid}");
+    }
+    for relay in [&a, &b] {
+        let (_, metrics) = support::get(relay.addr, "/metrics").await.unwrap();
+        assert!(
+            !metrics.contains(&new) && !metrics.contains(OLD),
+            "a secret in /metrics"
+        );
+        let fingerprint = format!(
+            "fingerprint=\"{}\"",
+            cal_relay_core::fingerprint(new.as_bytes())
+        );
+        assert!(metrics.contains(&fingerprint), "{metrics}");
+        assert!(!relay.log().contains(&new), "a secret in the log");
     }
     let retiring = "cal_relay_retiring_secret_deliveries_total{source=\"cal\"}";
     assert!(a.metric(retiring).await + b.metric(retiring).await > 0.0);

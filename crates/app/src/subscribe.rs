@@ -159,22 +159,9 @@ pub async fn subscribe(
     check_subscriber_url(&target.url).map_err(|m| AppError::setting("--url", m))?;
     let source = source(config, target)?;
     let desired = desired(config, target, wanted)?;
-    let held = held(source);
     let hooks = client.list(&target.scope).await.map_err(api)?;
     let found = find(&hooks, &target.url);
-    // Which secret Cal.com signs with from now on, and whether the relay must learn it.
-    let (secret_for_cal, secret_for_relay) = match found.and_then(|h| h.secret.clone()) {
-        Some(s) if !s.0.is_empty() && held.contains(&s) => (None, None),
-        // Cal.com signs with a secret the relay lacks: the relay takes it (no rotation).
-        Some(s) if !s.0.is_empty() => (None, Some(s)),
-        _ => match held.first() {
-            Some(s) => (Some(s.clone()), None),
-            None => {
-                let s = new_secret()?;
-                (Some(s.clone()), Some(s))
-            }
-        },
-    };
+    let (secret_for_cal, secret_for_relay) = secrets_for(found, &held(source))?;
     let changes = match found {
         Some(hook) => Changes::update(hook, &desired, secret_for_cal),
         None => Changes::create(
@@ -237,6 +224,26 @@ pub async fn subscribe(
         writeln!(out.text, "  {line}").ok();
     }
     Ok(out)
+}
+
+/// Which secret Cal.com is to sign with from now on (`None`: it keeps its own), and which the
+/// relay must learn (`None`: it holds it). Never a rotation: a secret both hold is kept, one
+/// only Cal.com holds is given to the relay, and one is made only when neither has any.
+fn secrets_for(
+    found: Option<&Webhook>,
+    held: &[Secret],
+) -> Result<(Option<Secret>, Option<Secret>), AppError> {
+    Ok(match found.and_then(|h| h.secret.clone()) {
+        Some(s) if !s.0.is_empty() && held.contains(&s) => (None, None),
+        Some(s) if !s.0.is_empty() => (None, Some(s)),
+        _ => match held.first() {
+            Some(s) => (Some(s.clone()), None),
+            None => {
+                let s = new_secret()?;
+                (Some(s.clone()), Some(s))
+            }
+        },
+    })
 }
 
 /// Hand `secret` to the relay: appended to the source's secrets file, or printed as a

@@ -13,9 +13,24 @@ use crate::webhook::{Changes, Secret, Webhook};
 /// Cal.com cloud's API.
 pub const DEFAULT_API_URL: &str = "https://api.cal.com";
 
-/// The `cal-api-version` this client is written against, sent on every request (a changed
-/// default has silently broken integrations before).
+/// The `cal-api-version` this client is written against, sent on every webhook request (a
+/// changed default has silently broken integrations before; Cal.com's documents do not say
+/// which webhook endpoints require one).
 pub const API_VERSION: &str = "2026-05-01";
+
+/// The version pinned per endpoint family, first match wins: the one place to change it.
+const VERSIONS: &[(&str, &str)] = &[
+    // Bookings require this one.
+    ("/v2/bookings", "2026-05-01"),
+    ("/v2/", API_VERSION),
+];
+
+fn version_for(path: &str) -> &'static str {
+    VERSIONS
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix))
+        .map_or(API_VERSION, |(_, v)| v)
+}
 
 /// Most webhooks Cal.com returns per page.
 const PAGE: usize = 250;
@@ -165,7 +180,7 @@ impl Client {
                 .http
                 .request(method.clone(), format!("{}{path}", self.base))
                 .bearer_auth(&self.key.0)
-                .header("cal-api-version", API_VERSION)
+                .header("cal-api-version", version_for(path))
                 .query(query);
             if let Some(body) = body {
                 request = request.json(body);
