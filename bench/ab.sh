@@ -4,6 +4,7 @@
 # 2 threads, 64 connections, distinct signed deliveries); medians per binary and mode, and the
 # spread (lowest and highest) of deliveries/s, so a change is judged against the noise.
 # Usage: bench/ab.sh BIN_A BIN_B [rounds, default 3] [seconds per run, default 10]
+#   BENCH_LOG_A / BENCH_LOG_B: another [log] table for one side (a release that predates a key).
 #   e.g. git worktree add /tmp/before HEAD~1 && (cd /tmp/before && cargo build --release)
 #        bench/ab.sh /tmp/before/target/release/cal-relay target/release/cal-relay
 set -euo pipefail
@@ -28,7 +29,7 @@ trap cleanup EXIT
 target/release/bench-clients gen --fixture tests/fixtures/deliveries/BOOKING_CREATED.body \
   --secret "$SECRET" --count "$NBODIES" --out "$W/bodies.tsv"
 export BODIES="$W/bodies.tsv"
-LOG_TOML=$(awk '/^\[/ {on = ($0 == "[log]")} on' config/cal-relay.toml)
+SHIPPED_LOG=$(awk '/^\[/ {on = ($0 == "[log]")} on' config/cal-relay.toml)
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
@@ -37,6 +38,8 @@ for round in $(seq 1 "$ROUNDS"); do
     for mode in confirm spool; do
       name="$side-$mode-$round"
       echo "== round $round: $side ($mode)"
+      log_var="BENCH_LOG_$side"
+      LOG_TOML=${!log_var:-$SHIPPED_LOG}
       RELAY_BIN=${!side} start_relay "$name" "$mode" $'type = "file"\npath = "/dev/null"'
       run_wrk "$name" "$RELAY" "$SECS"; stop "$RELAY"
     done
