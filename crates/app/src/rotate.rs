@@ -1,11 +1,11 @@
 //! `rotate-secret`: a new webhook secret with no delivery lost. Cal.com signs with one secret
 //! only, and deliveries queued before a change keep the old signature (scheduled meetings until
 //! the meeting), so the order is: the new secret is added to the source (its secrets file, or
-//! a printed Secret manifest to apply) with the old one marked as being retired; every relay
-//! serving the source is waited for until it reports the new secret in use
-//! (`cal_relay_source_secret_info` on its `/metrics`); only then is Cal.com patched. The old
-//! secret is accepted until the overlap ends, then refused by the relays themselves (or sooner
-//! with `--finish`).
+//! a printed Secret manifest to apply); every relay serving the source is waited for until it
+//! reports the new secret in use (`cal_relay_source_secret_info` on its `/metrics`); only then
+//! is Cal.com patched, and only then are the old secrets marked as being retired (the file
+//! written again, or a second manifest). They are accepted until the overlap ends, then refused
+//! by the relays themselves (or sooner with `--finish`).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -52,33 +52,42 @@ pub async fn rotate(
             )
         })?;
     let new = crate::subscribe::new_secret()?;
-    let retire_at = SystemTime::now() + rotation.overlap;
-    let mut secrets: Vec<SourceSecret> = file_held(source)?
+    // Expired secrets go; the rest stay as they are, and the new one is added.
+    let now = SystemTime::now();
+    let mut kept: Vec<SourceSecret> = file_held(source)?
         .into_iter()
-        .filter(|s| s.retire_at.is_none_or(|at| at > SystemTime::now()))
-        .map(|s| SourceSecret {
-            retire_at: s.retire_at.or(Some(retire_at)),
-            ..s
-        })
+        .filter(|s| s.retire_at.is_none_or(|at| at > now))
         .collect();
-    secrets.push(SourceSecret::current(new.0.clone()));
+    kept.push(SourceSecret::current(new.0.clone()));
     let mut out = Report::default();
-    hand_out(source, &secrets, secret_out, manifest, &mut out)?;
+    hand_out(source, &kept, secret_out, manifest, &mut out)?;
     let fingerprint = cal_relay_core::fingerprint(new.0.as_bytes());
     let relays = relays(config, &rotation.relays);
+    // Until Cal.com is patched the old secret stays a current one: a rotation cut short here
+    // (a relay that never reports, Ctrl-C) leaves both accepted, never the old one expiring.
     wait_for(&relays, &source.name, &fingerprint, rotation.wait).await?;
     out.text.push_str(&format!(
         "every relay ({}) accepts the new secret (fingerprint {fingerprint})\n",
         relays.join(", ")
     ));
     let changes = Changes {
-        secret: Some(new),
+        secret: Some(new.clone()),
         ..Changes::default()
     };
     client
         .update(&target.scope, &hook.id, &changes)
         .await
         .map_err(crate::subscribe::api)?;
+    // Now the old secrets are being retired: accepted until the overlap ends.
+    let retire_at = SystemTime::now() + rotation.overlap;
+    let retiring: Vec<SourceSecret> = kept
+        .into_iter()
+        .map(|s| SourceSecret {
+            retire_at: s.retire_at.or((s.value != new.0).then_some(retire_at)),
+            ..s
+        })
+        .collect();
+    hand_out(source, &retiring, secret_out, manifest, &mut out)?;
     out.text.push_str(&format!(
         "Cal.com's webhook {} signs with it from now on; the old secret is accepted until {} (then refused by the relays; `rotate-secret --finish` retires it sooner)\n",
         hook.id,
