@@ -226,86 +226,21 @@ fn crash_run(sizes: &[usize], wave: usize, crash_at: u64, tear: f64, fsync: bool
         .build()
         .unwrap();
     runtime.block_on(async {
-        let before = tempfile::tempdir().unwrap();
-        let shadow = Arc::new(Mutex::new(Shadow {
-            files: BTreeMap::new(),
-            ops: 0,
-            crash_at,
-            tear,
-            image: None,
-        }));
-        let disk = Box::new(CrashDisk {
-            real: Files::boxed(before.path()),
-            shadow: shadow.clone(),
-        });
-        let first = Arc::new(Recorder {
-            confirm_all: false,
-            seen: Mutex::default(),
-        });
-        let sinks: BTreeMap<String, Arc<dyn Sink>> = [("s".to_owned(), first.clone() as _)].into();
         let sent: Vec<Message> = sizes
             .iter()
             .enumerate()
             .map(|(n, b)| message(n, *b))
             .collect();
-        let targets = ["s".to_owned()];
-        let mut acknowledged = BTreeSet::new();
-        match Spool::open_on(disk, &config(before.path(), fsync), &sinks, metrics()) {
-            Ok(spool) => {
-                for wave in sent.chunks(wave.max(1)) {
-                    let answers = futures_util::future::join_all(
-                        wave.iter()
-                            .map(|m| spool.accept(m, &targets, "BOOKING_CREATED")),
-                    )
-                    .await;
-                    for (m, answer) in wave.iter().zip(answers) {
-                        if answer.is_ok() {
-                            acknowledged.insert(m.id.clone());
-                        }
-                    }
-                }
-                // Let the lanes confirm what they were handed (their DONEs may or may not
-                // make it to the disk before the crash).
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                lock(&shadow).crash();
-                spool.shutdown().await;
-            }
-            // The crash came while the spool was opening: nothing was acknowledged.
-            Err(_) => lock(&shadow).crash(),
-        }
-        let image = lock(&shadow).image.take().unwrap_or_default();
-        let after = tempfile::tempdir().unwrap();
-        for (id, bytes) in &image {
-            std::fs::write(segment_path(after.path(), *id), bytes).unwrap();
-        }
-        let second = Arc::new(Recorder {
-            confirm_all: true,
-            seen: Mutex::default(),
-        });
-        let sinks: BTreeMap<String, Arc<dyn Sink>> = [("s".to_owned(), second.clone() as _)].into();
-        let registry_metrics = metrics();
-        let entries = registry_metrics.entries.clone();
-        let spool = Spool::open(&config(after.path(), true), &sinks, registry_metrics).unwrap();
-        for _ in 0..500 {
-            if entries.get() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        spool.shutdown().await;
+        let (image, acknowledged, first) =
+            before_the_crash(&sent, wave, crash_at, tear, fsync).await;
+        let second = after_the_crash(&image).await;
         let by_id: BTreeMap<&str, &Message> = sent.iter().map(|m| (m.id.as_str(), m)).collect();
         let delivered: BTreeSet<String> = first
-            .seen
-            .lock()
-            .unwrap()
             .iter()
-            .chain(second.seen.lock().unwrap().iter())
+            .chain(second.iter())
             .map(|m| m.id.clone())
             .collect();
         let corrupt = second
-            .seen
-            .lock()
-            .unwrap()
             .iter()
             .filter(|m| {
                 by_id
@@ -320,6 +255,87 @@ fn crash_run(sizes: &[usize], wave: usize, crash_at: u64, tear: f64, fsync: bool
             corrupt,
         }
     })
+}
+
+/// Accept `sent` through the crashing disk: what the crash left (segment files by id), the
+/// ids acknowledged, and what the sink was handed before the crash.
+async fn before_the_crash(
+    sent: &[Message],
+    wave: usize,
+    crash_at: u64,
+    tear: f64,
+    fsync: bool,
+) -> (BTreeMap<u64, Vec<u8>>, BTreeSet<String>, Vec<Message>) {
+    let dir = tempfile::tempdir().unwrap();
+    let shadow = Arc::new(Mutex::new(Shadow {
+        files: BTreeMap::new(),
+        ops: 0,
+        crash_at,
+        tear,
+        image: None,
+    }));
+    let disk = Box::new(CrashDisk {
+        real: Files::boxed(dir.path()),
+        shadow: shadow.clone(),
+    });
+    let sink = Arc::new(Recorder {
+        confirm_all: false,
+        seen: Mutex::default(),
+    });
+    let sinks: BTreeMap<String, Arc<dyn Sink>> = [("s".to_owned(), sink.clone() as _)].into();
+    let targets = ["s".to_owned()];
+    let mut acknowledged = BTreeSet::new();
+    match Spool::open_on(disk, &config(dir.path(), fsync), &sinks, metrics()) {
+        Ok(spool) => {
+            for wave in sent.chunks(wave.max(1)) {
+                let answers = futures_util::future::join_all(
+                    wave.iter()
+                        .map(|m| spool.accept(m, &targets, "BOOKING_CREATED")),
+                )
+                .await;
+                for (m, answer) in wave.iter().zip(answers) {
+                    if answer.is_ok() {
+                        acknowledged.insert(m.id.clone());
+                    }
+                }
+            }
+            // Let the lanes confirm what they were handed (their DONEs may or may not make it
+            // to the disk before the crash).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            lock(&shadow).crash();
+            spool.shutdown().await;
+        }
+        // The crash came while the spool was opening: nothing was acknowledged.
+        Err(_) => lock(&shadow).crash(),
+    }
+    let image = lock(&shadow).image.take().unwrap_or_default();
+    let seen = std::mem::take(&mut *sink.seen.lock().unwrap());
+    (image, acknowledged, seen)
+}
+
+/// Open a spool (real disk) on `image` and drain it: what the sink was handed.
+async fn after_the_crash(image: &BTreeMap<u64, Vec<u8>>) -> Vec<Message> {
+    let dir = tempfile::tempdir().unwrap();
+    for (id, bytes) in image {
+        std::fs::write(segment_path(dir.path(), *id), bytes).unwrap();
+    }
+    let sink = Arc::new(Recorder {
+        confirm_all: true,
+        seen: Mutex::default(),
+    });
+    let sinks: BTreeMap<String, Arc<dyn Sink>> = [("s".to_owned(), sink.clone() as _)].into();
+    let metrics = metrics();
+    let entries = metrics.entries.clone();
+    let spool = Spool::open(&config(dir.path(), true), &sinks, metrics).unwrap();
+    for _ in 0..500 {
+        if entries.get() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    spool.shutdown().await;
+    let seen = std::mem::take(&mut *sink.seen.lock().unwrap());
+    seen
 }
 
 proptest! {
