@@ -15,23 +15,15 @@ ROUNDS=${3:-3}
 SECS=${4:-10}
 NBODIES=${BENCH_BODIES:-20000}
 export PATH="$HOME/.cargo/bin:$PATH"
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --locked -q -p bench-clients
-W=$(mktemp -d)
-SECRET=bench-secret
-PORT=18080
-pids=()
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  kill_started
   rm -rf "$W"
 }
 trap cleanup EXIT
-target/release/bench-clients gen --fixture tests/fixtures/deliveries/BOOKING_CREATED.body \
-  --secret "$SECRET" --count "$NBODIES" --out "$W/bodies.tsv"
-export BODIES="$W/bodies.tsv"
-SHIPPED_LOG=$(awk '/^\[/ {on = ($0 == "[log]")} on' config/cal-relay.toml)
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
+gen_bodies "$NBODIES"
 
 for round in $(seq 1 "$ROUNDS"); do
   for side in A B; do

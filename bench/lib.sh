@@ -1,7 +1,26 @@
-# What bench/run.sh and bench/ab.sh share: wrk runs with CPU, RSS and latency per row, and a
-# relay started on $PORT with every trigger routed to one sink. Expects W (a work directory),
-# PORT, SECRET, BODIES, pids (an array) and LOG_TOML; RELAY_BIN picks the binary.
+# What bench/run.sh and bench/ab.sh share: the work directory, port and secret, the signed
+# bodies, wrk runs with CPU, RSS and latency per row, and a relay started on $PORT with every
+# trigger routed to one sink. Expects LOG_TOML when a relay starts; RELAY_BIN picks the binary.
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+W=$(mktemp -d)
+SECRET=bench-secret
+PORT=18080
+pids=()
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
+# The [log] table of the shipped configuration.
+SHIPPED_LOG=$(awk '/^\[/ {on = ($0 == "[log]")} on' config/cal-relay.toml)
+
+# kill_started: end every process the bench started (for the scripts' cleanup).
+kill_started() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+
+# gen_bodies N: N distinct signed BOOKING_CREATED deliveries, exported as BODIES.
+gen_bodies() {
+  target/release/bench-clients gen --fixture tests/fixtures/deliveries/BOOKING_CREATED.body \
+    --secret "$SECRET" --count "$1" --out "$W/bodies.tsv"
+  export BODIES="$W/bodies.tsv"
+}
 
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.2f", v}'; }
 kb() { awk -v k="$2" '$1==k":" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }

@@ -22,26 +22,21 @@ SECS=${1:-${BENCH_SECS:-10}}
 RSS_SECS=${BENCH_RSS_SECS:-60}
 NBODIES=${BENCH_BODIES:-50000}
 export PATH="$HOME/.cargo/bin:$PATH"
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 for tool in nats-server tansu; do
   command -v "$tool" >/dev/null || { echo "$tool missing: run scripts/test.sh once" >&2; exit 2; }
 done
 # One release profile (the workspace's [profile.release]) for baseline, floor and relay.
 cargo build --release --locked -q -p cal-relay -p bench-baseline -p bench-floor -p bench-clients
-W=$(mktemp -d)
-SECRET=bench-secret
-PORT=18080
-pids=()
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  kill_started
   scripts/brokers.sh stop >/dev/null 2>&1 || true
   rm -rf "$W"
 }
 trap cleanup EXIT
 
-target/release/bench-clients gen --fixture tests/fixtures/deliveries/BOOKING_CREATED.body \
-  --secret "$SECRET" --count "$NBODIES" --out "$W/bodies.tsv"
-export BODIES="$W/bodies.tsv"
+gen_bodies "$NBODIES"
 echo "== $NBODIES distinct bodies, $(awk -F'\t' '{n+=length($2)} END {printf "%.0f", n/NR}' "$W/bodies.tsv") bytes on average; $SECS s per run"
 
 echo "== brokers"
@@ -51,11 +46,7 @@ tansu broker --listener-url tcp://127.0.0.1:19393 --advertised-listener-url tcp:
 scripts/brokers.sh start >/dev/null
 AMQP="amqp://guest:guest@127.0.0.1:25682/%2f"
 
-# The [log] table of the shipped configuration.
-SHIPPED_LOG=$(awk '/^\[/ {on = ($0 == "[log]")} on' config/cal-relay.toml)
 LOG_TOML=$SHIPPED_LOG
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 
 # client NAME ARGS...: a broker's own client; appends a row.
 client() {

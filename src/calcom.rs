@@ -9,7 +9,9 @@ use cal_relay_app::rotate::{self, Rotation};
 use cal_relay_app::subscribe::{self, Report, SecretOut, Target, Wanted};
 use cal_relay_calcom::{Client, NoShow, Scope, Secret};
 
-use crate::cli::{ApiArgs, Command, SubscriptionsCommand, TargetArgs, TimeUnit, WantedArgs};
+use crate::cli::{
+    ApiArgs, Command, ManifestArgs, SubscriptionsCommand, TargetArgs, TimeUnit, WantedArgs,
+};
 
 /// Run one of the Cal.com commands.
 pub async fn run(config: Option<&Path>, command: Command) -> anyhow::Result<ExitCode> {
@@ -19,25 +21,27 @@ pub async fn run(config: Option<&Path>, command: Command) -> anyhow::Result<Exit
             target,
             wanted,
             dry_run,
-            print_secret_manifest,
-            secret_name,
-            secret_namespace,
-            secret_key,
+            manifest,
         } => {
             let target = target_of(target)?;
             // Cal.com's URL rule, before the API key is even read.
             cal_relay_calcom::check_subscriber_url(&target.url)
                 .map_err(|m| anyhow::anyhow!("--url {}: {m}", target.url))?;
             let config = cal_relay_app::load(config)?.config;
-            let out = secret_out(
-                print_secret_manifest,
-                secret_name,
-                secret_namespace,
-                secret_key,
-            );
+            let out = secret_out(manifest);
             let client = client_of(&api)?;
             let wanted = wanted_of(wanted);
-            subscribe::subscribe(&config, &client, &target, &wanted, &out, dry_run).await?
+            let report = subscribe::subscribe(
+                &config,
+                &client,
+                &target,
+                &wanted,
+                &out,
+                &mut print_manifest,
+                dry_run,
+            )
+            .await?;
+            said(report, &out)
         }
         Command::Subscriptions {
             command:
@@ -59,17 +63,9 @@ pub async fn run(config: Option<&Path>, command: Command) -> anyhow::Result<Exit
             relays,
             wait,
             finish,
-            print_secret_manifest,
-            secret_name,
-            secret_namespace,
-            secret_key,
+            manifest,
         } => {
-            let out = secret_out(
-                print_secret_manifest,
-                secret_name,
-                secret_namespace,
-                secret_key,
-            );
+            let out = secret_out(manifest);
             let rotation = Rotation {
                 overlap,
                 relays,
@@ -103,30 +99,38 @@ async fn rotate_secret(
     finish: Option<()>,
 ) -> anyhow::Result<Report> {
     let config = cal_relay_app::load(config)?.config;
-    let mut print = |m: &str| {
-        use std::io::Write as _;
-        print!("{m}");
-        let _ = std::io::stdout().flush();
-    };
-    let mut report = match finish {
+    let mut print = print_manifest;
+    let report = match finish {
         Some(()) => rotate::finish(&config, &target, out, &mut print)?,
         None => {
             let client = client_of(api)?;
             rotate::rotate(&config, &client, &target, rotation, out, &mut print).await?
         }
     };
+    Ok(said(report, out))
+}
+
+/// A Secret manifest, on standard output at once (what is waited for after it may take long).
+fn print_manifest(manifest: &str) {
+    use std::io::Write as _;
+    print!("{manifest}");
+    let _ = std::io::stdout().flush();
+}
+
+/// When a manifest took standard output, what the command said goes to standard error.
+fn said(mut report: Report, out: &SecretOut) -> Report {
     if matches!(out, SecretOut::Manifest { .. }) {
         eprint!("{}", std::mem::take(&mut report.text));
     }
-    Ok(report)
+    report
 }
 
-fn secret_out(manifest: bool, name: String, namespace: String, key: String) -> SecretOut {
-    if manifest {
+fn secret_out(m: ManifestArgs) -> SecretOut {
+    if m.print_secret_manifest {
         SecretOut::Manifest {
-            name,
-            namespace,
-            key,
+            name: m.secret_name,
+            namespace: m.secret_namespace,
+            key: m.secret_key,
         }
     } else {
         SecretOut::File
@@ -134,13 +138,7 @@ fn secret_out(manifest: bool, name: String, namespace: String, key: String) -> S
 }
 
 fn finish(report: Report) -> ExitCode {
-    match &report.manifest {
-        Some(manifest) => {
-            print!("{manifest}");
-            eprint!("{}", report.text);
-        }
-        None => print!("{}", report.text),
-    }
+    print!("{}", report.text);
     match report.failure {
         Some(why) => {
             eprintln!("{why}");

@@ -105,17 +105,8 @@ pub enum Command {
         /// Print the difference and change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Print a new secret as a Kubernetes Secret manifest on standard output instead of
-        /// writing it to the source's secrets_file.
-        #[arg(long)]
-        print_secret_manifest: bool,
-        /// The manifest's Secret name, namespace and key.
-        #[arg(long, default_value = "cal-relay")]
-        secret_name: String,
-        #[arg(long, default_value = "cal-relay")]
-        secret_namespace: String,
-        #[arg(long, default_value = "webhook-secrets")]
-        secret_key: String,
+        #[command(flatten)]
+        manifest: ManifestArgs,
     },
     /// Compare Cal.com's webhooks with the configuration.
     Subscriptions {
@@ -144,16 +135,8 @@ pub enum Command {
         /// Retire the old secrets now (after a rotation), instead of starting one.
         #[arg(long)]
         finish: bool,
-        /// Print the source's secrets as a Kubernetes Secret manifest to apply (for a
-        /// read-only mounted secrets file) instead of writing the file.
-        #[arg(long)]
-        print_secret_manifest: bool,
-        #[arg(long, default_value = "cal-relay")]
-        secret_name: String,
-        #[arg(long, default_value = "cal-relay")]
-        secret_namespace: String,
-        #[arg(long, default_value = "webhook-secrets")]
-        secret_key: String,
+        #[command(flatten)]
+        manifest: ManifestArgs,
     },
     /// Delete the Cal.com webhook that delivers to this relay (explicit only).
     Unsubscribe {
@@ -193,6 +176,22 @@ pub struct ApiArgs {
     /// How long one API request may take.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub api_timeout: Duration,
+}
+
+/// Where the source's secrets go when they change.
+#[derive(clap::Args)]
+pub struct ManifestArgs {
+    /// Print the source's secrets as a Kubernetes Secret manifest on standard output (to
+    /// apply, for a read-only mounted secrets file) instead of writing its secrets_file.
+    #[arg(long)]
+    pub print_secret_manifest: bool,
+    /// The manifest's Secret name, namespace and key.
+    #[arg(long, default_value = "cal-relay")]
+    pub secret_name: String,
+    #[arg(long, default_value = "cal-relay")]
+    pub secret_namespace: String,
+    #[arg(long, default_value = "webhook-secrets")]
+    pub secret_key: String,
 }
 
 /// Which webhook.

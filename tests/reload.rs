@@ -317,12 +317,10 @@ async fn a_secrets_file_that_changes_is_read_again_without_a_signal() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets");
     std::fs::write(&secrets, format!("{OLD}\n")).unwrap();
-    let config = one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\"")
-        .replace(
-            &format!("secrets = [\"{}\"]", fixture_secret()),
-            "secrets_file = \"{dir}/secrets\"",
-        );
-    assert!(config.contains("secrets_file"), "{config}");
+    let config = with_secrets_file(
+        &one_sink_config("local", "type = \"file\"\npath = \"{dir}/events.jsonl\""),
+        "{dir}/secrets",
+    );
     let relay = RelayProcess::start_in(dir, &config).await;
     assert_eq!(send(&relay, NEW, "before").await, 401);
     std::fs::write(&secrets, format!("{OLD}\n{NEW}\n")).unwrap();

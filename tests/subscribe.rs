@@ -372,29 +372,12 @@ async fn the_subscribe_job_runs_as_shipped() {
     );
 }
 
-/// A relay (binary, confirm mode, file sink) whose source reads `secrets`.
+/// A relay (the binary, file sink, the default delivery mode) whose source reads `secrets`.
 fn relay_config(secrets: &Path) -> String {
-    format!(
-        r#"
-[server]
-listen = "{{listen}}"
-
-[[sources]]
-name = "cal"
-path = "{path}"
-secrets_file = "{secrets}"
-replay_window_secs = 0
-
-[sinks.local]
-type = "file"
-path = "{{dir}}/events.jsonl"
-
-[[routes]]
-triggers = ["*"]
-sinks = ["local"]
-"#,
-        path = support::SOURCE_PATH,
-        secrets = secrets.display()
+    let sink = "type = \"file\"\npath = \"{dir}/events.jsonl\"";
+    support::with_secrets_file(
+        &support::one_sink_config("local", sink),
+        &secrets.display().to_string(),
     )
 }
 

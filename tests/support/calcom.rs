@@ -269,11 +269,7 @@ fn valid(hook: &Value, check_url: bool) -> Result<(), String> {
             return Err(format!("Webhook URL is not allowed: {host} is blocked"));
         }
     }
-    let known: Vec<&str> = cal_relay_core::trigger::KNOWN
-        .iter()
-        .copied()
-        .filter(|t| *t != "PING")
-        .collect();
+    let known: Vec<&str> = cal_relay_core::trigger::subscribable().collect();
     let triggers: Vec<&str> = hook["triggers"]
         .as_array()
         .map(|t| t.iter().filter_map(Value::as_str).collect())

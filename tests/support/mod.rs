@@ -246,6 +246,13 @@ pub fn spool_section(extra: &str) -> String {
 /// Path of the fixture source in [`one_sink_config`].
 pub const SOURCE_PATH: &str = "/webhooks/cal";
 
+/// `config` (from [`one_sink_config`]) with the source's secrets read from the file `path`.
+pub fn with_secrets_file(config: &str, path: &str) -> String {
+    let inline = format!("secrets = [\"{}\"]", fixture_secret());
+    assert!(config.contains(&inline), "{config}");
+    config.replace(&inline, &format!("secrets_file = {path:?}"))
+}
+
 /// A relay configuration with the fixture source (templates to `cal.custom`) and every trigger
 /// routed to one sink `name`, whose TOML body is `sink`.
 pub fn one_sink_config(name: &str, sink: &str) -> String {

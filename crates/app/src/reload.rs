@@ -130,24 +130,14 @@ fn stamp(p: &Path) -> Option<(Option<std::time::SystemTime>, u64)> {
         .map(|m| (m.modified().ok(), m.len()))
 }
 
-/// What the sources' secrets files hold now (their content, bounded as a plan reads it: a
+/// What the sources' secrets files hold now (their content, read as a plan reads it: a
 /// mounted Secret is replaced through a symlink swap, which a modification time can miss).
-fn secrets_files(config: &Config) -> Vec<Option<Vec<u8>>> {
-    use std::io::Read as _;
+fn secrets_files(config: &Config) -> Vec<Option<String>> {
     config
         .sources
         .iter()
         .filter_map(|s| s.secrets_file.as_deref())
-        .map(|f| {
-            let mut bytes = Vec::new();
-            std::fs::File::open(f)
-                .and_then(|file| {
-                    file.take(crate::secrets::MAX_SECRETS_FILE_BYTES + 1)
-                        .read_to_end(&mut bytes)
-                })
-                .ok()
-                .map(|_| bytes)
-        })
+        .map(|f| crate::secrets::read_file(f).ok())
         .collect()
 }
 

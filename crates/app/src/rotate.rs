@@ -130,7 +130,7 @@ fn file_held(source: &SourceConfig) -> Result<Vec<SourceSecret>, AppError> {
             "a rotation needs the source's secrets in a secrets_file (inline secrets and secrets_env cannot be rotated by the relay)",
         ));
     };
-    let text = std::fs::read_to_string(file)
+    let text = crate::secrets::read_file(file)
         .map_err(|e| AppError::io(format!("cannot read {}", file.display()), e))?;
     Ok(file_secrets(&text))
 }
@@ -143,23 +143,16 @@ fn hand_out(
     manifest: &mut dyn FnMut(&str),
     out: &mut Report,
 ) -> Result<(), AppError> {
-    match secret_out {
-        SecretOut::Manifest {
-            name,
-            namespace,
-            key,
-        } => {
-            manifest(&crate::subscribe::manifest(name, namespace, key, secrets));
-            out.text.push_str("printed the Secret manifest to apply\n");
-        }
-        SecretOut::File => {
-            let file = source.secrets_file.as_deref().ok_or_else(|| {
-                AppError::setting(format!("source {}", source.name), "no secrets_file")
-            })?;
-            crate::subscribe::write_secrets(file, &file_text(secrets))?;
-            out.text.push_str(&format!("updated {}\n", file.display()));
-        }
+    if secret_out.print(secrets, manifest) {
+        out.text.push_str("printed the Secret manifest to apply\n");
+        return Ok(());
     }
+    let file = source
+        .secrets_file
+        .as_deref()
+        .ok_or_else(|| AppError::setting(format!("source {}", source.name), "no secrets_file"))?;
+    crate::subscribe::write_secrets(file, &file_text(secrets))?;
+    out.text.push_str(&format!("updated {}\n", file.display()));
     Ok(())
 }
 

@@ -126,7 +126,8 @@ fn env_secrets(value: &str) -> impl Iterator<Item = SourceSecret> + '_ {
         .map(SourceSecret::current)
 }
 
-fn read_file(path: &Path) -> std::io::Result<String> {
+/// A secrets file's text, bounded by [`MAX_SECRETS_FILE_BYTES`].
+pub(crate) fn read_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;
     let file = std::fs::File::open(path)?;
     if !file.metadata()?.is_file() {

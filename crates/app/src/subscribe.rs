@@ -51,13 +51,35 @@ pub enum SecretOut {
     },
 }
 
-/// What a command has to say, and why it failed when it did (the exit status).
+impl SecretOut {
+    /// Hand `secrets` (every secret of the source) to `print` as a Secret manifest when that
+    /// is where they go; false when they go to the secrets file instead.
+    pub(crate) fn print(&self, secrets: &[SourceSecret], print: &mut dyn FnMut(&str)) -> bool {
+        let SecretOut::Manifest {
+            name,
+            namespace,
+            key,
+        } = self
+        else {
+            return false;
+        };
+        let mut text = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\ntype: Opaque\nstringData:\n  {key}: |\n"
+        );
+        for line in crate::secrets::file_text(secrets).lines() {
+            writeln!(text, "    {line}").ok();
+        }
+        print(&text);
+        true
+    }
+}
+
+/// What a command has to say, and why it failed when it did (the exit status). A Secret
+/// manifest is not in it: it goes to the caller's `print` as soon as it is made, alone on
+/// standard output (for `| kubectl apply -f -`), and `text` then goes to standard error.
 #[derive(Debug, Default)]
 pub struct Report {
     pub text: String,
-    /// A Kubernetes Secret manifest holding the source's secrets: printed alone on standard
-    /// output (for `| kubectl apply -f -`), `text` then going to standard error.
-    pub manifest: Option<String>,
     pub failure: Option<String>,
 }
 
@@ -106,10 +128,9 @@ pub fn desired(config: &Config, target: &Target, wanted: &Wanted) -> Result<Desi
         .map(|(i, r)| cal_relay_core::Route::new(i, &r.triggers, r.sinks.clone(), None))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| AppError::setting("routes", e.to_string()))?;
-    let triggers: BTreeSet<String> = cal_relay_calcom::SUBSCRIBABLE
-        .iter()
+    let triggers: BTreeSet<String> = cal_relay_core::trigger::subscribable()
         .filter(|t| wanted.all_known || routes.iter().any(|r| r.matches(t)))
-        .map(|t| (*t).to_owned())
+        .map(str::to_owned)
         .collect();
     if triggers.is_empty() {
         return Err(AppError::setting(
@@ -154,6 +175,7 @@ pub async fn subscribe(
     target: &Target,
     wanted: &Wanted,
     secret_out: &SecretOut,
+    print: &mut dyn FnMut(&str),
     dry_run: bool,
 ) -> Result<Report, AppError> {
     check_subscriber_url(&target.url).map_err(|m| AppError::setting("--url", m))?;
@@ -206,7 +228,7 @@ pub async fn subscribe(
     }
     // The relay learns the secret before Cal.com signs with it.
     if let Some(secret) = &secret_for_relay {
-        give_secret(source, secret, secret_out, &mut out)?;
+        give_secret(source, secret, secret_out, print, &mut out)?;
     }
     let Some(what) = what else {
         return Ok(out);
@@ -252,48 +274,29 @@ fn give_secret(
     source: &SourceConfig,
     secret: &Secret,
     secret_out: &SecretOut,
+    print: &mut dyn FnMut(&str),
     out: &mut Report,
 ) -> Result<(), AppError> {
-    match secret_out {
-        SecretOut::Manifest {
-            name,
-            namespace,
-            key,
-        } => {
-            let mut secrets = crate::secrets::held(source);
-            secrets.push(SourceSecret::current(secret.0.clone()));
-            out.manifest = Some(manifest(name, namespace, key, &secrets));
-            Ok(())
-        }
-        SecretOut::File => {
-            let Some(file) = &source.secrets_file else {
-                return Err(AppError::setting(
-                    format!("source {}", source.name),
-                    "it has no secrets_file to write the webhook's secret to: set one, or pass --print-secret-manifest",
-                ));
-            };
-            append_secret(file, secret)?;
-            writeln!(
-                out.text,
-                "the webhook's secret was written to {} (source {})",
-                file.display(),
-                source.name
-            )
-            .ok();
-            Ok(())
-        }
+    let mut secrets = crate::secrets::held(source);
+    secrets.push(SourceSecret::current(secret.0.clone()));
+    if secret_out.print(&secrets, print) {
+        return Ok(());
     }
-}
-
-/// A Kubernetes Secret whose `key` holds `secrets` as a secrets file.
-pub(crate) fn manifest(name: &str, namespace: &str, key: &str, secrets: &[SourceSecret]) -> String {
-    let mut text = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\ntype: Opaque\nstringData:\n  {key}: |\n"
-    );
-    for line in crate::secrets::file_text(secrets).lines() {
-        writeln!(text, "    {line}").ok();
-    }
-    text
+    let Some(file) = &source.secrets_file else {
+        return Err(AppError::setting(
+            format!("source {}", source.name),
+            "it has no secrets_file to write the webhook's secret to: set one, or pass --print-secret-manifest",
+        ));
+    };
+    append_secret(file, secret)?;
+    writeln!(
+        out.text,
+        "the webhook's secret was written to {} (source {})",
+        file.display(),
+        source.name
+    )
+    .ok();
+    Ok(())
 }
 
 /// Add `secret` as a line of `file` (created when absent).

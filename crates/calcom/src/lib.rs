@@ -16,39 +16,6 @@ pub use client::{ApiError, Client, Scope, API_VERSION, DEFAULT_API_URL};
 pub use url_rule::check_subscriber_url;
 pub use webhook::{Changes, Desired, Difference, NoShow, Secret, Webhook, PAYLOAD_VERSIONS};
 
-/// Every trigger a webhook can subscribe to (Cal.com's `WebhookTriggerEvents`; `PING` is sent
-/// by the Test button only and is not among them).
-pub const SUBSCRIBABLE: &[&str] = &[
-    "BOOKING_CREATED",
-    "BOOKING_PAYMENT_INITIATED",
-    "BOOKING_PAID",
-    "BOOKING_RESCHEDULED",
-    "BOOKING_REQUESTED",
-    "BOOKING_CANCELLED",
-    "BOOKING_REJECTED",
-    "BOOKING_NO_SHOW_UPDATED",
-    "BOOKING_LOCATION_UPDATED",
-    "BOOKING_REASSIGNED",
-    "FORM_SUBMITTED",
-    "FORM_SUBMITTED_NO_EVENT",
-    "ROUTING_FORM_FALLBACK_HIT",
-    "MEETING_STARTED",
-    "MEETING_ENDED",
-    "RECORDING_READY",
-    "RECORDING_TRANSCRIPTION_GENERATED",
-    "INSTANT_MEETING",
-    "INSTANT_MEETING_ACCEPTED",
-    "OOO_CREATED",
-    "AFTER_HOSTS_CAL_VIDEO_NO_SHOW",
-    "AFTER_GUESTS_CAL_VIDEO_NO_SHOW",
-    "DELEGATION_CREDENTIAL_ERROR",
-    "DELEGATION_CREDENTIAL_SECRET_ROTATION_FAILED",
-    "DELEGATION_CREDENTIAL_ROTATION_REQUIRED",
-    "DELEGATION_CREDENTIAL_SECRET_ROTATED",
-    "CALENDAR_ENTRY_REJECTED",
-    "WRONG_ASSIGNMENT_REPORT",
-];
-
 /// The triggers that need `time` and `timeUnit` (the delay after the meeting's start).
 pub const NO_SHOW_TRIGGERS: &[&str] = &[
     "AFTER_HOSTS_CAL_VIDEO_NO_SHOW",

@@ -33,6 +33,12 @@ pub const KNOWN: &[&str] = &[
     "PING",
 ];
 
+/// The triggers a webhook can subscribe to: every known one but `PING`, which only the Test
+/// button sends.
+pub fn subscribable() -> impl Iterator<Item = &'static str> {
+    KNOWN.iter().copied().filter(|t| *t != "PING")
+}
+
 /// Label for a trigger the relay does not know (keeps metric cardinality bounded).
 pub const OTHER: &str = "other";
 
